@@ -1,0 +1,137 @@
+"""Reading and writing images: clear errors, settings in PNG metadata, grids, GIFs."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
+
+from .errors import ImageReadError
+
+SETTINGS_KEY = "featviz"  # PNG text chunk that holds the JSON settings
+
+
+def load_image(source) -> Image.Image:
+    """Open a path or PIL image as RGB; any failure is an ``ImageReadError``."""
+    if isinstance(source, Image.Image):
+        img = source
+    else:
+        path = Path(source)
+        try:
+            img = Image.open(path)
+            img.load()
+        except FileNotFoundError:
+            raise ImageReadError(f"image not found: {path}") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise ImageReadError(f"cannot read image {path}: {exc}") from None
+    if img.mode in ("RGBA", "LA", "P", "PA"):
+        # Composite transparency on white rather than on the undefined RGB under alpha.
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    try:
+        img = img.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise ImageReadError(f"unsupported image mode {img.mode!r} in {source}: {exc}") from None
+    if min(img.size) < 1:
+        raise ImageReadError(f"empty image: {source}")
+    return img
+
+
+def to_pil(image: torch.Tensor | np.ndarray) -> Image.Image:
+    """(C, H, W) tensor or (H, W, C) array in [0, 1] -> PIL (RGB or RGBA)."""
+    if isinstance(image, torch.Tensor):
+        arr = image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
+    else:
+        arr = np.clip(np.asarray(image, dtype=np.float32), 0, 1)
+    arr = (arr * 255 + 0.5).astype(np.uint8)
+    mode = {3: "RGB", 4: "RGBA", 1: "L"}[arr.shape[-1]]
+    return Image.fromarray(arr.squeeze(-1) if mode == "L" else arr, mode)
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp_path)`` then rename over ``path``: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with _ignore():
+            os.unlink(tmp)
+        raise
+    return path
+
+
+class _ignore:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return True
+
+
+def save_png(image, path, settings: dict[str, Any] | None = None) -> Path:
+    """Save a PNG with ``settings`` as JSON in its metadata (key 'featviz')."""
+    img = image if isinstance(image, Image.Image) else to_pil(image)
+    info = PngImagePlugin.PngInfo()
+    if settings is not None:
+        info.add_text(SETTINGS_KEY, json.dumps(settings, sort_keys=True, default=str))
+    return atomic_write(path, lambda tmp: img.save(tmp, format="PNG", pnginfo=info))
+
+
+def read_settings(path) -> dict[str, Any] | None:
+    """The settings a featviz PNG was made with, or None."""
+    with Image.open(path) as img:
+        text = img.text.get(SETTINGS_KEY) if hasattr(img, "text") else None
+    return json.loads(text) if text else None
+
+
+def grid(images: Sequence[Image.Image], columns: int | None = None, pad: int = 2,
+         labels: Sequence[str] | None = None, background=(255, 255, 255)) -> Image.Image:
+    """A contact sheet: images in rows, optional small caption under each."""
+    if not images:
+        raise ValueError("grid() needs at least one image")
+    n = len(images)
+    columns = columns or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / columns))
+    w = max(im.width for im in images)
+    h = max(im.height for im in images)
+    caption_h = 12 if labels else 0
+    sheet = Image.new("RGB", (columns * (w + pad) + pad, rows * (h + pad + caption_h) + pad), background)
+    draw = None
+    if labels:
+        from PIL import ImageDraw
+
+        draw = ImageDraw.Draw(sheet)
+    for i, im in enumerate(images):
+        r, c = divmod(i, columns)
+        x, y = pad + c * (w + pad), pad + r * (h + pad + caption_h)
+        if im.mode == "RGBA":
+            sheet.paste(im.convert("RGB"), (x, y), im.split()[-1])
+        else:
+            sheet.paste(im.convert("RGB"), (x, y))
+        if draw is not None and i < len(labels):
+            draw.text((x + 1, y + h), str(labels[i])[: max(4, w // 6)], fill=(0, 0, 0))
+    return sheet
+
+
+def save_gif(frames: Sequence[Image.Image], path, duration_ms: int = 80, settings: dict | None = None) -> Path:
+    """An animated GIF of the optimization (one frame per snapshot)."""
+    if not frames:
+        raise ValueError("no frames to write")
+    frames = [f.convert("RGB") for f in frames]
+    comment = json.dumps(settings, sort_keys=True, default=str).encode() if settings else b""
+
+    def write(tmp):
+        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=duration_ms,
+                       loop=0, comment=comment)
+
+    return atomic_write(path, write)
