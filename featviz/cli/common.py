@@ -1,0 +1,41 @@
+"""Options and helpers shared by the CLI commands."""
+from __future__ import annotations
+
+import click
+
+from ..models import DEFAULT_MODEL, load
+
+model_argument = click.argument("model", default=DEFAULT_MODEL, metavar="MODEL")
+device_option = click.option("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
+
+
+def load_model(name: str, device: str | None = None):
+    """Load a model organism on the requested device (CUDA if present and not stated)."""
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return load(name, device=device)
+
+
+def parse_range(text: str) -> list[int]:
+    """'0-31' / '3,7,9' / '0-3,8' -> list of ints."""
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        a, sep, b = part.partition("-")
+        try:
+            if sep:
+                lo, hi = int(a), int(b)
+                if hi < lo:
+                    raise click.BadParameter(f"empty range {part!r}")
+                out.extend(range(lo, hi + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise click.BadParameter(f"expected numbers like 0-31 or 3,7,9, got {part!r}") from None
+    if not out:
+        raise click.BadParameter("no indices given")
+    return out

@@ -1,0 +1,299 @@
+"""Objectives: what a visualization maximizes.
+
+An ``Objective`` maps the activations of the layers it ``needs`` to one value
+per image of the batch, shape (B,). The render loop maximizes their sum.
+Objectives compose: ``a + b``, ``a - b``, ``2 * a``, ``a * b`` (product of the
+values), ``-a``, ``Objective.sum([...])`` and ``a.only(i)`` (count ``a`` for
+batch element ``i`` alone). Each keeps a readable ``description``.
+
+Why per-image values rather than one scalar: the same objective then serves
+batched rendering (one unit per batch element) and multi-crop robustness
+(the loop averages each image's crops).
+
+Batch layout seen by objectives: the loop may evaluate several random crops of
+every image. Activations then hold ``crops * images`` rows, crop-major: row
+``r`` belongs to image ``r % images``. ``images`` is passed to every call.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import FeatvizError
+from ..models.organism import LOGITS, ModelOrganism
+
+Activations = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Something an objective refers to, checked against a model before rendering."""
+
+    layer: str
+    channel: int | None = None  # a channel index, or a class index when layer == 'logits'
+
+
+class Objective:
+    """A differentiable score to maximize; see the module docstring."""
+
+    def __init__(self, fn: Callable[[Activations, int], torch.Tensor], layers: Iterable[str], description: str,
+                 units: Iterable[Unit] = ()):
+        self.fn = fn
+        self.layers = tuple(dict.fromkeys(layers))
+        self.description = description
+        self.units = tuple(units)
+
+    def __call__(self, acts: Activations, images: int) -> torch.Tensor:
+        value = self.fn(acts, images)
+        if value.dim() != 1:
+            raise FeatvizError(f"objective {self.description!r} must return one value per image, got {tuple(value.shape)}")
+        return value
+
+    def validate(self, model: ModelOrganism) -> "Objective":
+        """Raise a clear error if a layer, channel or class does not exist in ``model``."""
+        for unit in self.units:
+            if unit.layer == LOGITS:
+                if unit.channel is not None:
+                    model.check_class(unit.channel)
+            else:
+                model.layer(unit.layer)
+                if unit.channel is not None:
+                    model.check_channel(unit.layer, unit.channel)
+        return self
+
+    # -- algebra -----------------------------------------------------------------
+    def _combine(self, other: "Objective", op, symbol: str) -> "Objective":
+        a, b = self, other
+        return Objective(lambda acts, n: op(a(acts, n), b(acts, n)), a.layers + b.layers,
+                         f"{a.description} {symbol} {_paren(b)}", a.units + b.units)
+
+    def __add__(self, other):
+        if isinstance(other, (int, float)):
+            if other == 0:
+                return self
+            return Objective(lambda acts, n: self(acts, n) + other, self.layers, f"{self.description} + {other}", self.units)
+        return self._combine(_as_objective(other), torch.add, "+")
+
+    def __radd__(self, other):  # makes builtin sum() work
+        return self.__add__(other)
+
+    def __sub__(self, other):
+        if isinstance(other, (int, float)):
+            return self + (-other)
+        return self._combine(_as_objective(other), torch.sub, "-")
+
+    def __neg__(self):
+        return -1 * self
+
+    def __mul__(self, other):
+        if isinstance(other, (int, float)):
+            return Objective(lambda acts, n: other * self(acts, n), self.layers, f"{other:g} * {_paren(self)}", self.units)
+        return self._combine(_as_objective(other), torch.mul, "*")
+
+    def __rmul__(self, other):
+        return self.__mul__(other)
+
+    def __truediv__(self, other):
+        if not isinstance(other, (int, float)):
+            return NotImplemented
+        return self * (1.0 / other)
+
+    @staticmethod
+    def sum(objectives: Sequence["Objective"]) -> "Objective":
+        if not objectives:
+            raise FeatvizError("cannot sum an empty list of objectives")
+        objs = list(objectives)
+        layers = [l for o in objs for l in o.layers]
+        units = [u for o in objs for u in o.units]
+        desc = " + ".join(o.description for o in objs) if len(objs) <= 4 else f"sum of {len(objs)} objectives"
+        return Objective(lambda acts, n: torch.stack([o(acts, n) for o in objs]).sum(0), layers, desc, units)
+
+    def only(self, index: int) -> "Objective":
+        """Count this objective for batch element ``index`` alone (zero elsewhere)."""
+        def fn(acts, n):
+            value = self(acts, n)
+            mask = (torch.arange(value.shape[0], device=value.device) % n) == index
+            return value * mask
+        return Objective(fn, self.layers, f"{self.description} [image {index}]", self.units)
+
+    def __repr__(self):
+        return f"Objective({self.description!r}, layers={list(self.layers)})"
+
+    def __str__(self):
+        return self.description
+
+
+def _paren(o: Objective) -> str:
+    return f"({o.description})" if re.search(r" [+\-*] ", o.description) else o.description
+
+
+def _as_objective(x) -> Objective:
+    if isinstance(x, Objective):
+        return x
+    raise TypeError(f"cannot combine an objective with {type(x).__name__}")
+
+
+def _spatial(acts: Activations, layer: str) -> torch.Tensor:
+    a = acts[layer]
+    if a.dim() == 2:  # (B, C): treat as 1x1 spatial so channel objectives work on linear layers too
+        a = a[:, :, None, None]
+    return a
+
+
+# -- primitives ----------------------------------------------------------------------
+
+def channel(layer: str, index: int) -> Objective:
+    """Mean activation of one channel over all positions."""
+    return Objective(lambda acts, n: _spatial(acts, layer)[:, index].mean((1, 2)), [layer],
+                     f"channel {layer}:{index}", [Unit(layer, index)])
+
+
+def neuron(layer: str, index: int, x: int | None = None, y: int | None = None) -> Objective:
+    """Activation of one channel at one position (the centre by default)."""
+    def fn(acts, n):
+        a = _spatial(acts, layer)
+        h, w = a.shape[-2:]
+        yy = h // 2 if y is None else min(y, h - 1)
+        xx = w // 2 if x is None else min(x, w - 1)
+        return a[:, index, yy, xx]
+    pos = "centre" if x is None and y is None else f"x={x}, y={y}"
+    return Objective(fn, [layer], f"neuron {layer}:{index} @ {pos}", [Unit(layer, index)])
+
+
+def deepdream(layer: str) -> Objective:
+    """Mean squared activation of a whole layer (DeepDream)."""
+    return Objective(lambda acts, n: _spatial(acts, layer).pow(2).mean((1, 2, 3)), [layer],
+                     f"deepdream {layer}", [Unit(layer)])
+
+
+layer_objective = deepdream
+
+
+def logit(class_index: int) -> Objective:
+    """Pre-softmax score of a class (gives better pictures than the probability)."""
+    return Objective(lambda acts, n: acts[LOGITS][:, class_index], [LOGITS], f"logit {class_index}",
+                     [Unit(LOGITS, class_index)])
+
+
+def probability(class_index: int) -> Objective:
+    """Log-probability of a class after softmax: it can also rise by pushing other classes down."""
+    return Objective(lambda acts, n: F.log_softmax(acts[LOGITS], dim=-1)[:, class_index], [LOGITS],
+                     f"log-probability {class_index}", [Unit(LOGITS, class_index)])
+
+
+def direction(layer: str, vector: Sequence[float] | torch.Tensor) -> Objective:
+    """Mean over positions of the activation vector's projection on a unit direction."""
+    vec = torch.as_tensor(vector, dtype=torch.float32).flatten()
+    if not torch.isfinite(vec).all() or vec.norm() == 0:
+        raise FeatvizError("direction vector must be finite and non-zero")
+    unit_vec = vec / vec.norm()
+
+    def fn(acts, n):
+        a = _spatial(acts, layer)
+        if a.shape[1] != unit_vec.numel():
+            raise FeatvizError(f"direction has {unit_vec.numel()} values but layer '{layer}' has {a.shape[1]} channels")
+        v = unit_vec.to(a.device, a.dtype)
+        return torch.einsum("bchw,c->bhw", a, v).mean((1, 2))
+    return Objective(fn, [layer], f"direction in {layer} ({unit_vec.numel()}-d)", [Unit(layer)])
+
+
+def diversity(layer: str) -> Objective:
+    """Push the images of a batch apart: minus each image's mean cosine similarity
+    of its Gram (style) matrix to the other images'. Add it, scaled, to another
+    objective to get several different solutions for one unit."""
+    def fn(acts, n):
+        a = _spatial(acts, layer)
+        rows, c = a.shape[:2]
+        if n < 2:
+            return a.new_zeros(rows)
+        flat = a.reshape(rows, c, -1)
+        gram = torch.bmm(flat, flat.transpose(1, 2)).reshape(rows, -1)
+        gram = F.normalize(gram, dim=1)
+        crops = rows // n
+        g = gram.reshape(crops, n, -1)  # crop-major layout, see module docstring
+        sim = torch.bmm(g, g.transpose(1, 2))  # (crops, n, n)
+        off_diag = sim.sum(-1) - sim.diagonal(dim1=1, dim2=2)
+        return -(off_diag / (n - 1)).reshape(rows)
+    return Objective(fn, [layer], f"diversity {layer}", [Unit(layer)])
+
+
+def batched_channels(layer_channels: Sequence[tuple[str, int]], kind: str = "channel") -> Objective:
+    """One unit per batch element: element i maximizes ``layer_channels[i]``."""
+    make = {"channel": channel, "neuron": neuron, "negative": lambda l, c: -channel(l, c)}[kind]
+    parts = [make(l, c).only(i) for i, (l, c) in enumerate(layer_channels)]
+    obj = Objective.sum(parts)
+    obj.description = f"{len(parts)} {kind} objectives, one per image"
+    return obj
+
+
+# -- string shorthand -----------------------------------------------------------------
+_TERM = re.compile(r"\s*([+-])?\s*(?:(\d+(?:\.\d*)?|\.\d+)\s*\*\s*)?([^\s+*-]+(?:\s*@\s*\d+\s*,\s*\d+)?)")
+
+
+def parse(spec: str, model: ModelOrganism | None = None) -> Objective:
+    """Parse the shorthand used by the CLI and the API.
+
+    Terms: ``LAYER:CH`` (channel), ``neuron:LAYER:CH[@x,y]``, ``logit:N``,
+    ``prob:N``, ``dream:LAYER``, ``-LAYER:CH`` (negative), combined with ``+``,
+    ``-`` and scalar weights: ``blocks.8:12 - 0.5*blocks.8:3``.
+    With ``model``, layer names and indices are checked.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise FeatvizError("empty objective; examples: blocks.8:12, logit:309, prob:309, dream:blocks.5")
+    pos, terms = 0, []
+    spec = spec.strip()
+    while pos < len(spec):
+        m = _TERM.match(spec, pos)
+        if not m or m.end() == pos:
+            raise FeatvizError(f"cannot parse objective {spec!r} at position {pos}")
+        sign, weight, term = m.groups()
+        if terms and sign is None:
+            raise FeatvizError(f"objective {spec!r}: expected '+' or '-' before {term!r}")
+        obj = _parse_term(term.replace(" ", ""), spec)
+        factor = (-1.0 if sign == "-" else 1.0) * (float(weight) if weight else 1.0)
+        terms.append(obj if factor == 1.0 else factor * obj)
+        pos = m.end()
+    result = terms[0] if len(terms) == 1 else Objective.sum(terms)
+    if model is not None:
+        result.validate(model)
+    return result
+
+
+def _parse_int(text: str, what: str, spec: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise FeatvizError(f"objective {spec!r}: {what} must be an integer, got {text!r}") from None
+
+
+def _parse_term(term: str, spec: str) -> Objective:
+    head, _, rest = term.partition(":")
+    if not rest:
+        raise FeatvizError(f"objective term {term!r} needs the form LAYER:CHANNEL, logit:N, prob:N or dream:LAYER")
+    if head == "logit":
+        return logit(_parse_int(rest, "class", spec))
+    if head in ("prob", "probability"):
+        return probability(_parse_int(rest, "class", spec))
+    if head in ("dream", "deepdream", "layer"):
+        return deepdream(rest)
+    if head == "neuron":
+        layer, _, ch = rest.rpartition(":")
+        ch, _, at = ch.partition("@")
+        if at:
+            x, _, y = at.partition(",")
+            return neuron(layer, _parse_int(ch, "channel", spec), _parse_int(x, "x", spec), _parse_int(y, "y", spec))
+        return neuron(layer, _parse_int(ch, "channel", spec))
+    layer, _, ch = term.rpartition(":")
+    return channel(layer, _parse_int(ch, "channel", spec))
+
+
+def as_objective(target, model: ModelOrganism | None = None) -> Objective:
+    """Accept an Objective or a shorthand string."""
+    obj = parse(target) if isinstance(target, str) else target
+    if not isinstance(obj, Objective):
+        raise FeatvizError(f"expected an objective or a string like 'blocks.8:12', got {type(target).__name__}")
+    return obj.validate(model) if model is not None else obj
