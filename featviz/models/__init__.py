@@ -37,7 +37,8 @@ def _efficientnet_lite(name: str) -> ModelOrganism:
     n_blocks = len(net.blocks)
     main = ["stem"] + [f"blocks.{i}" for i in range(n_blocks)] + ["head", "classifier"]
     return ModelOrganism(net, name, efficientnet_lite.VARIANTS[name].resolution,
-                         mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), labels=imagenet_labels(), main_layers=main)
+                         mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), labels=imagenet_labels(), main_layers=main,
+                         channels_last=True)
 
 
 BUILTIN: dict[str, Callable[[], ModelOrganism]] = {

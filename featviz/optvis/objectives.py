@@ -41,8 +41,11 @@ class Objective:
     """A differentiable score to maximize; see the module docstring."""
 
     def __init__(self, fn: Callable[[Activations, int], torch.Tensor], layers: Iterable[str], description: str,
-                 units: Iterable[Unit] = ()):
+                 units: Iterable[Unit] = (), rowwise: bool = True):
         self.fn = fn
+        # rowwise: each row's value depends on that row alone, so the render loop
+        # may evaluate rows in groups. False for objectives that compare images.
+        self.rowwise = rowwise
         self.layers = tuple(dict.fromkeys(layers))
         self.description = description
         self.units = tuple(units)
@@ -69,13 +72,14 @@ class Objective:
     def _combine(self, other: "Objective", op, symbol: str) -> "Objective":
         a, b = self, other
         return Objective(lambda acts, n: op(a(acts, n), b(acts, n)), a.layers + b.layers,
-                         f"{a.description} {symbol} {_paren(b)}", a.units + b.units)
+                         f"{a.description} {symbol} {_paren(b)}", a.units + b.units, a.rowwise and b.rowwise)
 
     def __add__(self, other):
         if isinstance(other, (int, float)):
             if other == 0:
                 return self
-            return Objective(lambda acts, n: self(acts, n) + other, self.layers, f"{self.description} + {other}", self.units)
+            return Objective(lambda acts, n: self(acts, n) + other, self.layers, f"{self.description} + {other}",
+                             self.units, self.rowwise)
         return self._combine(_as_objective(other), torch.add, "+")
 
     def __radd__(self, other):  # makes builtin sum() work
@@ -91,7 +95,8 @@ class Objective:
 
     def __mul__(self, other):
         if isinstance(other, (int, float)):
-            return Objective(lambda acts, n: other * self(acts, n), self.layers, f"{other:g} * {_paren(self)}", self.units)
+            return Objective(lambda acts, n: other * self(acts, n), self.layers, f"{other:g} * {_paren(self)}",
+                             self.units, self.rowwise)
         return self._combine(_as_objective(other), torch.mul, "*")
 
     def __rmul__(self, other):
@@ -110,7 +115,8 @@ class Objective:
         layers = [l for o in objs for l in o.layers]
         units = [u for o in objs for u in o.units]
         desc = " + ".join(o.description for o in objs) if len(objs) <= 4 else f"sum of {len(objs)} objectives"
-        return Objective(lambda acts, n: torch.stack([o(acts, n) for o in objs]).sum(0), layers, desc, units)
+        return Objective(lambda acts, n: torch.stack([o(acts, n) for o in objs]).sum(0), layers, desc, units,
+                         all(o.rowwise for o in objs))
 
     def only(self, index: int) -> "Objective":
         """Count this objective for batch element ``index`` alone (zero elsewhere)."""
@@ -118,7 +124,7 @@ class Objective:
             value = self(acts, n)
             mask = (torch.arange(value.shape[0], device=value.device) % n) == index
             return value * mask
-        return Objective(fn, self.layers, f"{self.description} [image {index}]", self.units)
+        return Objective(fn, self.layers, f"{self.description} [image {index}]", self.units, self.rowwise)
 
     def __repr__(self):
         return f"Objective({self.description!r}, layers={list(self.layers)})"
@@ -128,7 +134,7 @@ class Objective:
 
 
 def _paren(o: Objective) -> str:
-    return f"({o.description})" if re.search(r" [+\-*] ", o.description) else o.description
+    return f"({o.description})" if re.search(r" [+\-] ", o.description) else o.description
 
 
 def _as_objective(x) -> Objective:
@@ -218,7 +224,7 @@ def diversity(layer: str) -> Objective:
         sim = torch.bmm(g, g.transpose(1, 2))  # (crops, n, n)
         off_diag = sim.sum(-1) - sim.diagonal(dim1=1, dim2=2)
         return -(off_diag / (n - 1)).reshape(rows)
-    return Objective(fn, [layer], f"diversity {layer}", [Unit(layer)])
+    return Objective(fn, [layer], f"diversity {layer}", [Unit(layer)], rowwise=False)
 
 
 def batched_channels(layer_channels: Sequence[tuple[str, int]], kind: str = "channel") -> Objective:

@@ -1,0 +1,265 @@
+"""Benchmark of the feature-visualization engine (issue 2). Prints ratios from one run.
+
+    python benchmarks/bench_render.py                # everything
+    python benchmarks/bench_render.py --only overhead,truncation,batch,memory
+    python benchmarks/bench_render.py --only channels,classes --recipes default,lucid,maco
+
+Sections:
+  overhead    render step time / bare forward+backward of the same layers, same batch and resolution
+  truncation  step time of an early-layer objective / full-network (logit) objective
+  batch       per-unit time at batch 16 / batch 1
+  memory      peak RSS of a 128 px batch-1 channel render (fresh subprocess)
+  channels    12 channels over blocks.2/8/14 at 128 px: activation reached / best over the photos
+  classes     10 classes at 224 px, logit and probability objectives, judged by lite1, lite2
+              and the independent MobileNetV2 (TFLite) in ../shared/judges
+
+The photo-based sections need ../shared/imagenet-samples (and ../shared/judges, ai-edge-litert).
+Weights are frozen (requires_grad False), as they are in featviz.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import featviz  # noqa: E402
+from featviz.optvis import objectives as O  # noqa: E402
+from featviz.optvis.render import RECIPES  # noqa: E402
+
+SHARED = ROOT.parent / "shared"
+CACHE = ROOT / "bench-out"
+CLASSES = {1: "goldfish", 9: "ostrich", 130: "flamingo", 207: "golden retriever", 282: "tiger cat", 309: "bee",
+           417: "balloon", 430: "basketball", 949: "strawberry", 980: "volcano"}
+CHANNEL_LAYERS = ["blocks.2", "blocks.8", "blocks.14"]
+
+
+def median_time(fn, repeats: int = 15, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def render_step_time(model, objective, size, batch=1, steps=12, **kw) -> float:
+    """Median seconds per step of a real render (callback timestamps)."""
+    stamps = []
+    featviz.render(model, objective, size=size, batch=batch, steps=steps, callback=lambda s, v: stamps.append(
+        time.perf_counter()), **kw)
+    deltas = np.diff(stamps)[2:]  # skip warm-up steps
+    return float(np.median(deltas))
+
+
+def bare_fwd_bwd_time(model, layers, size, rows) -> float:
+    x = torch.rand(rows, 3, size, size, device=model.device, requires_grad=True)
+
+    def step():
+        acts = model.activations(x, layers)
+        sum(a.float().mean() for a in acts.values()).backward()
+        x.grad = None
+
+    return median_time(step)
+
+
+def section_overhead(model):
+    rows = []
+    views = featviz.optvis.transforms.get_spec(RECIPES["default"].transforms).views
+    for layer, spec, size in [("blocks.8", "blocks.8:12", 128), ("logits", "logit:309", 224)]:
+        render_t = render_step_time(model, spec, size)
+        bare_t = bare_fwd_bwd_time(model, [layer], size, rows=views)
+        rows.append((f"{spec} @ {size}px ({views} views)", render_t, bare_t, render_t / bare_t))
+    print("\n## Overhead: render step / bare forward+backward (same layers, batch and resolution); target <= 1.15")
+    for name, r, b, ratio in rows:
+        print(f"  {name:32s} render {r*1e3:7.1f} ms  bare {b*1e3:7.1f} ms  ratio {ratio:.3f}")
+
+
+def section_truncation(model):
+    size = 224
+    early = render_step_time(model, "blocks.2:5", size)
+    full = render_step_time(model, "logit:309", size)
+    print("\n## Truncation: early layer (blocks.2, first third) / full network, per step; target <= 0.5")
+    print(f"  blocks.2 {early*1e3:.1f} ms  logits {full*1e3:.1f} ms  ratio {early/full:.3f}")
+
+
+def section_batch(model):
+    size = 128
+    one = render_step_time(model, O.batched_channels([("blocks.8", 0)]), size, batch=1)
+    units = [("blocks.8", c) for c in range(16)]
+    sixteen = render_step_time(model, O.batched_channels(units), size, batch=16)
+    print("\n## Batching: per-unit time at batch 16 / batch 1 (128 px, blocks.8); target <= 0.6")
+    print(f"  batch 1 {one*1e3:.1f} ms/unit/step  batch 16 {sixteen/16*1e3:.1f} ms/unit/step  "
+          f"ratio {sixteen/16/one:.3f}")
+
+
+def section_memory(model):
+    code = ("import resource, featviz; m = featviz.load(); featviz.render(m, 'blocks.8:12', size=128); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    peak_gb = int(out.stdout.strip().splitlines()[-1]) / 1024**2
+    print("\n## Memory: peak RSS of a 128 px batch-1 channel render (fresh process); target <= 0.9 GB")
+    print(f"  peak RSS {peak_gb:.3f} GB")
+
+
+def photo_files():
+    folder = SHARED / "imagenet-samples"
+    files = sorted(p for p in folder.iterdir() if p.suffix == ".JPEG")
+    if len(files) != 1000:
+        raise SystemExit(f"expected 1000 photos in {folder}")
+    return files
+
+
+def best_photo_activations(model, layers) -> dict[str, np.ndarray]:
+    """Per channel, the highest spatial-mean activation over the 1000 photos (cached)."""
+    CACHE.mkdir(exist_ok=True)
+    path = CACHE / f"photo_max_{model.name}.npz"
+    if path.exists():
+        data = np.load(path)
+        if all(l in data for l in layers):
+            return {l: data[l] for l in layers}
+    best = {l: None for l in layers}
+    files = photo_files()
+    with torch.no_grad():
+        for i in range(0, len(files), 50):
+            x = torch.stack([model.preprocess(f, 224) for f in files[i:i + 50]]).to(model.device)
+            acts = model.activations(x, layers)
+            for l in layers:
+                m = acts[l].mean((2, 3)).max(0).values.cpu().numpy()
+                best[l] = m if best[l] is None else np.maximum(best[l], m)
+    np.savez(path, **best)
+    return best
+
+
+def channel_activation(model, image, layer, ch, size=None):
+    with torch.no_grad():
+        x = image[None].to(model.device)
+        if size and size != x.shape[-1]:
+            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                                                antialias=True)
+        return float(model.activations(x, [layer])[layer][0, ch].mean())
+
+
+def section_channels(model, recipes, batch, out_dir):
+    best = best_photo_activations(model, CHANNEL_LAYERS)
+    units = []
+    for layer in CHANNEL_LAYERS:
+        n = model.layer(layer).channels
+        units += [(layer, c) for c in (n // 8, 3 * n // 8, 5 * n // 8, 7 * n // 8)]
+    print(f"\n## Channel quality: {len(units)} channels at 128 px, activation reached / best over 1000 photos "
+          "(224 crops); targets: median >= 4.5 at <= 5 s per unit")
+    print("  (reached = the final image fed at 128 px, as rendered; '@224' = the image upsampled to 224)")
+    for name in recipes:
+        t = time.perf_counter()
+        results = featviz.render_units(model, units, batch_size=batch, recipe=name, size=128, seed=0)
+        per_unit = (time.perf_counter() - t) / len(units)
+        ratios, ratios224 = [], []
+        for (layer, ch), res in zip(units, results):
+            b = best[layer][ch]
+            ratios.append(channel_activation(model, res.images[0], layer, ch) / b)
+            ratios224.append(channel_activation(model, res.images[0], layer, ch, 224) / b)
+        sheet = featviz.imageio.grid([r.pil() for r in results], columns=4, labels=[f"{l}:{c}" for l, c in units])
+        sheet.save(out_dir / f"channels_{name}.png")
+        steps = RECIPES[name].steps
+        print(f"  recipe {name:8s} steps {steps:4d} batch {batch:2d}: median ratio {statistics.median(ratios):.2f} "
+              f"(@224 {statistics.median(ratios224):.2f}), min {min(ratios):.2f}, "
+              f"{per_unit:.2f} s per unit")
+        print("    per unit: " + ", ".join(f"{l.split('.')[-1]}:{c}={r:.1f}" for (l, c), r in zip(units, ratios)))
+
+
+class TFLiteJudge:
+    def __init__(self, path):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interp = Interpreter(str(path))
+        self.interp.allocate_tensors()
+        self.inp = self.interp.get_input_details()[0]["index"]
+        self.out = self.interp.get_output_details()[0]["index"]
+
+    def top5(self, image: torch.Tensor) -> list[int]:
+        x = torch.nn.functional.interpolate(image[None], size=(224, 224), mode="bilinear", align_corners=False,
+                                            antialias=True)[0]
+        arr = (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)[None]
+        self.interp.set_tensor(self.inp, arr)
+        self.interp.invoke()
+        scores = self.interp.get_tensor(self.out)[0].astype(np.int32)[1:]  # index 0 is 'background'
+        return list(np.argsort(-scores, kind="stable")[:5])
+
+
+def torch_top5(model, image):
+    with torch.no_grad():
+        x = torch.nn.functional.interpolate(image[None], size=(model.input_size,) * 2, mode="bilinear",
+                                            align_corners=False, antialias=True)
+        return model(x.to(model.device))[0].topk(5).indices.tolist()
+
+
+def section_classes(model, recipes, out_dir, kinds=("logit", "prob")):
+    judges = {"lite0 (self)": lambda im: torch_top5(model, im)}
+    for name in ("efficientnet_lite1", "efficientnet_lite2"):
+        other = featviz.load(name, device=model.device)
+        judges[name.replace("efficientnet_", "")] = lambda im, other=other: torch_top5(other, im)
+    judge_path = SHARED / "judges" / "mobilenet_v2_1.0_224_quant.tflite"
+    judges["MobileNetV2 (indep.)"] = TFLiteJudge(judge_path).top5
+    print(f"\n## Class quality: {len(CLASSES)} classes at 224 px; top-1 / top-5 hits per judge; "
+          "targets: >= 9/10 top-5 on the independent judge, <= 30 s per class")
+    for name in recipes:
+        for kind in kinds:
+            hits = {j: [0, 0] for j in judges}
+            images, t = [], time.perf_counter()
+            for cls in CLASSES:
+                res = featviz.render(model, f"{kind}:{cls}", size=224, recipe=name, seed=0)
+                images.append(res.pil())
+                for j, judge in judges.items():
+                    top = judge(res.images[0])
+                    hits[j][0] += top[0] == cls
+                    hits[j][1] += cls in top
+            per_class = (time.perf_counter() - t) / len(CLASSES)
+            featviz.imageio.grid(images, columns=5, labels=list(CLASSES.values())).save(
+                out_dir / f"classes_{name}_{kind}.png")
+            summary = "  ".join(f"{j} {h1}/{h5}" for j, (h1, h5) in hits.items())
+            print(f"  recipe {name:8s} {kind:5s} ({per_class:.1f} s/class): {summary}   [top-1/top-5]")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="overhead,truncation,batch,memory,channels,classes")
+    parser.add_argument("--recipes", default="default")
+    parser.add_argument("--channel-batch", type=int, default=12)
+    parser.add_argument("--kinds", default="logit,prob")
+    parser.add_argument("--out", default=str(CACHE))
+    args = parser.parse_args()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    model = featviz.load("efficientnet_lite0")
+    print(f"featviz {featviz.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"device {model.device}")
+    sections = args.only.split(",")
+    recipes = args.recipes.split(",")
+    if "overhead" in sections:
+        section_overhead(model)
+    if "truncation" in sections:
+        section_truncation(model)
+    if "batch" in sections:
+        section_batch(model)
+    if "memory" in sections:
+        section_memory(model)
+    if "channels" in sections:
+        section_channels(model, recipes, args.channel_batch, out_dir)
+    if "classes" in sections:
+        section_classes(model, recipes, out_dir, args.kinds.split(","))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+import os
+
+import pytest
+import torch
+from torch import nn
+
+# Two cores in CI: keep torch from oversubscribing when tests run alongside other work.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+class TinyNet(nn.Module):
+    """A small CNN with named stages, for fast tests of the engine's mechanics."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.conv2 = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
+        self.conv3 = nn.Sequential(nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ReLU())
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(16, 10)
+        self.calls = {"conv3": 0, "fc": 0}
+
+    def forward(self, x):
+        x = self.conv2(self.conv1(x))
+        self.calls["conv3"] += 1
+        x = self.conv3(x)
+        self.calls["fc"] += 1
+        return self.fc(self.pool(x))
+
+
+@pytest.fixture
+def tiny():
+    from featviz.models import from_module
+
+    return from_module(TinyNet(), name="tiny", input_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+                       labels=[f"class{i}" for i in range(10)], main_layers=["conv1", "conv2", "conv3", "fc"])
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    from featviz.models import load
+
+    return load("efficientnet_lite0")
+
+
+@pytest.fixture(scope="session")
+def photos():
+    """A few real photos embedded in scikit-image (cat, coffee, astronaut, rocket...)."""
+    from skimage import data
+
+    return {name: getattr(data, name)() for name in ("chelsea", "coffee", "astronaut", "rocket", "coins")}
