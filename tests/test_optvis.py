@@ -247,3 +247,13 @@ def test_lite0_class_render_moves_prediction(lite0):
     res = render(lite0, "logit:309", size=160, steps=24, recipe="quick")  # bee
     top = lite0.predict(torch.nn.functional.interpolate(res.images, size=224, mode="bilinear"), k=5)[0]
     assert top[0][0] == 309
+
+
+@pytest.mark.parametrize("kind, single", [("channel", O.channel), ("neuron", O.neuron),
+                                          ("negative", lambda l, c: -O.channel(l, c))])
+def test_batched_units_equal_sum_of_masked_objectives(tiny, kind, single):
+    units = [("conv2", 3), ("conv3", 1), ("conv2", 7)]
+    acts = tiny.activations(torch.rand(6, 3, 32, 32), ["conv2", "conv3"])  # 2 views x 3 images
+    fast = O.batched_channels(units, kind)(acts, 3)
+    slow = Objective.sum([single(l, c).only(i) for i, (l, c) in enumerate(units)])(acts, 3)
+    assert torch.allclose(fast, slow, atol=1e-6)

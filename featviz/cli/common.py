@@ -5,7 +5,10 @@ import click
 
 from ..models import DEFAULT_MODEL, load
 
-model_argument = click.argument("model", default=DEFAULT_MODEL, metavar="MODEL")
+# MODEL is required: an optional first argument would swallow the next one
+# (click fills arguments left to right). Only `featviz layers` defaults it.
+model_argument = click.argument("model", metavar="MODEL")
+optional_model_argument = click.argument("model", default=DEFAULT_MODEL, metavar="[MODEL]")
 device_option = click.option("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
 
 

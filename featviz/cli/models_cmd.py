@@ -5,11 +5,11 @@ import click
 
 from ..models import available
 from . import main
-from .common import device_option, load_model, model_argument
+from .common import device_option, load_model, optional_model_argument
 
 
 @main.command("layers")
-@model_argument
+@optional_model_argument
 @click.option("--all", "all_modules", is_flag=True, help="every module with an output, not only the main layers")
 @device_option
 def layers_cmd(model, all_modules, device):

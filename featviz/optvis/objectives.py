@@ -228,12 +228,46 @@ def diversity(layer: str) -> Objective:
 
 
 def batched_channels(layer_channels: Sequence[tuple[str, int]], kind: str = "channel") -> Objective:
-    """One unit per batch element: element i maximizes ``layer_channels[i]``."""
-    make = {"channel": channel, "neuron": neuron, "negative": lambda l, c: -channel(l, c)}[kind]
-    parts = [make(l, c).only(i) for i, (l, c) in enumerate(layer_channels)]
-    obj = Objective.sum(parts)
-    obj.description = f"{len(parts)} {kind} objectives, one per image"
-    return obj
+    """One unit per batch element: element i maximizes ``layer_channels[i]``.
+
+    Equivalent to ``sum(channel(l, c).only(i) ...)`` but gathers all units of a
+    layer with one indexing operation, so its cost (and its backward, one
+    scatter per layer instead of one per unit) does not grow with the batch.
+    """
+    if kind not in ("channel", "neuron", "negative"):
+        raise FeatvizError(f"unknown unit kind {kind!r}: channel, neuron or negative")
+    units = list(layer_channels)
+    by_layer: dict[str, list[tuple[int, int]]] = {}
+    for i, (layer, ch) in enumerate(units):
+        by_layer.setdefault(layer, []).append((i, ch))
+    sign = -1.0 if kind == "negative" else 1.0
+
+    def fn(acts, n):
+        if n != len(units):
+            raise FeatvizError(f"batched objective has {len(units)} units but the batch has {n} images")
+        rows_total = next(iter(acts.values())).shape[0]
+        values = None
+        for layer, members in by_layer.items():
+            a = _spatial(acts, layer)
+            dev = a.device
+            images = torch.tensor([i for i, _ in members], device=dev)
+            chans = torch.tensor([c for _, c in members], device=dev)
+            views = rows_total // n
+            rows = (torch.arange(views, device=dev)[:, None] * n + images[None, :]).flatten()
+            picked = a[rows, chans.repeat(views)]  # (views * members, H, W)
+            if kind == "neuron":
+                h, w = picked.shape[-2:]
+                v = picked[:, h // 2, w // 2]
+            else:
+                v = picked.mean((1, 2))
+            if values is None:
+                values = a.new_zeros(rows_total)
+            values = values.index_add(0, rows, sign * v)
+        return values
+
+    names = {"channel": "channel", "neuron": "neuron", "negative": "negative channel"}[kind]
+    return Objective(fn, list(by_layer), f"{len(units)} {names} objectives, one per image",
+                     [Unit(l, c) for l, c in units])
 
 
 # -- string shorthand -----------------------------------------------------------------
