@@ -257,3 +257,23 @@ def test_batched_units_equal_sum_of_masked_objectives(tiny, kind, single):
     fast = O.batched_channels(units, kind)(acts, 3)
     slow = Objective.sum([single(l, c).only(i) for i, (l, c) in enumerate(units)])(acts, 3)
     assert torch.allclose(fast, slow, atol=1e-6)
+
+
+def test_dead_relu_start_is_redirected():
+    """A unit behind a ReLU that is off on the grey start image still gets rendered."""
+    from featviz.models import from_module
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 2, 3, padding=1)
+    with torch.no_grad():
+        conv.bias.fill_(-0.3)  # dead on grey input
+    net = torch.nn.Sequential()
+    net.add_module("conv", conv)
+    net.add_module("act", torch.nn.ReLU6())
+    model = from_module(net, input_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    r = render(model, "act:1", size=32, steps=40, recipe="quick")
+    assert 0 < r.settings["redirected_relu_steps"] <= 20
+    assert r.history[-1] > 0.02  # the unit fires; without redirection it stays at exactly 0
+    assert all(not m._forward_hooks for m in net.modules())
+    live = render(model, "conv:1", size=32, steps=3, recipe="quick")
+    assert "redirected_relu_steps" not in live.settings

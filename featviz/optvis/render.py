@@ -160,8 +160,13 @@ def render(model: ModelOrganism, objective: Objective | str, *, size: int | None
     bar = _progress(recipe.steps, objective.description) if progress else None
     start = time.perf_counter()
     last_good = None
+    redirect = _RedirectedReLU(model)
+    last_values = torch.zeros(batch)
     try:
         for step in range(1, recipe.steps + 1):
+            # Redirect while some image's objective is still exactly zero (a dead
+            # unit), for at most half of the steps; see the dead-start check below.
+            redirect.active = redirect.enabled and step <= recipe.steps // 2 and bool((last_values == 0).any())
             for group in opt.param_groups:
                 group["lr"] = recipe.lr * schedule(step - 1)
             opt.zero_grad(set_to_none=True)
@@ -175,7 +180,20 @@ def render(model: ModelOrganism, objective: Objective | str, *, size: int | None
                 raise NonFiniteLossError(
                     f"the objective became {loss.item()} at step {step} ({objective.description}); "
                     "try a lower --lr or another objective")
+            if step == 1 and _dead_images(image_param, batch):
+                # Some image has no gradient at all: its unit sits behind a ReLU that is
+                # off everywhere on the grey start. Let gradients through those ReLUs
+                # (towards switching them on) until it fires, then run as usual.
+                redirect.enabled = redirect.active = True
+                opt.zero_grad(set_to_none=True)
+                images = image_param()
+                rgb = _composite(images, generator) if alpha else images
+                per_image = _objective_backward(model, objective, augment(rgb, generator), batch, max_rows)
             opt.step()
+            last_values = per_image.detach().cpu()
+            if redirect.active:
+                redirect.steps += 1
+                settings["redirected_relu_steps"] = redirect.steps
             value = float(per_image.sum())
             result.history.append(value)
             last_good = images.detach()
@@ -189,6 +207,7 @@ def render(model: ModelOrganism, objective: Objective | str, *, size: int | None
     except KeyboardInterrupt:
         result.interrupted = True
     finally:
+        redirect.remove()
         if bar is not None:
             bar.close()
     with torch.no_grad():
@@ -259,6 +278,63 @@ def _objective_backward(model: ModelOrganism, objective: Objective, views: torch
         per_image += part_sum.detach()
     views.backward(leaf.grad)
     return per_image
+
+
+def _dead_images(image_param: nn.Module, batch: int) -> bool:
+    """True if the gradient of some image of the batch is exactly zero."""
+    grad = next(image_param.parameters()).grad
+    if grad is None:
+        return True
+    return bool((grad.reshape(batch, -1).abs().sum(1) == 0).any())
+
+
+class _RedirectGrad(torch.autograd.Function):
+    """Clamp to [lo, hi] forward; backward also passes gradients that would move
+    an input from outside the range back into it (Lucid's "redirected ReLU")."""
+
+    @staticmethod
+    def forward(ctx, x, lo, hi):
+        ctx.save_for_backward(x)
+        ctx.lo, ctx.hi = lo, hi
+        return x.clamp(lo, hi)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        inside = (x > ctx.lo) & (x < ctx.hi)
+        normal = grad * inside
+        # Only where the true gradient is zero for a whole image (a dead unit) do we
+        # pass the gradients that would switch it on; elsewhere the true gradient
+        # stands, so live ReLUs keep their gating. grad is d(loss)/d(out): a
+        # negative value asks for a larger output.
+        towards = ((x <= ctx.lo) & (grad < 0)) | ((x >= ctx.hi) & (grad > 0))
+        dead_rows = normal.flatten(1).abs().sum(1) == 0
+        dead = dead_rows.view(-1, *([1] * (x.dim() - 1)))
+        return torch.where(dead, grad * (inside | towards), normal), None, None
+
+
+class _RedirectedReLU:
+    """Forward hooks that swap ReLU / ReLU6 gradients for redirected ones while active."""
+
+    def __init__(self, model: ModelOrganism):
+        self.active = self.enabled = False
+        self.steps, self.handles = 0, []
+        for module in model.network.modules():
+            if isinstance(module, (nn.ReLU, nn.ReLU6)):
+                hi = 6.0 if isinstance(module, nn.ReLU6) else float("inf")
+                self.handles.append(module.register_forward_hook(self._hook(hi)))
+
+    def _hook(self, hi):
+        def hook(_module, inputs, output):
+            if self.active and torch.is_grad_enabled():
+                return _RedirectGrad.apply(inputs[0], 0.0, hi)
+            return None
+        return hook
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+        self.handles = []
 
 
 def _composite(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
