@@ -1,0 +1,122 @@
+"""``featviz microscope build`` and ``featviz serve``."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import FeatvizError
+from . import main
+from .common import device_option, load_model, model_argument, parse_range
+
+
+def _units(text: str | None):
+    """'8' -> the first 8 units; '0-31' / '3,7,9' -> those units; 'all' -> every unit."""
+    if text is None:
+        return None
+    text = text.strip()
+    if text == "all":
+        return "all"
+    if text.isdigit():
+        return int(text)
+    return tuple(parse_range(text))
+
+
+@main.group("microscope")
+def microscope():
+    """A browsable site of every unit of a model's layers (see also: featviz serve)."""
+
+
+@microscope.command("build")
+@model_argument
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="folder of photos for the dataset examples (default: the embedded demo photos, quick mode)")
+@click.option("--layers", "-l", default=None, help="comma-separated layers (default: a set spanning the depth)")
+@click.option("--units", default=None,
+              help="per layer: N (the first N), a list such as 0-31 or 3,7,9, or 'all' (default: 8 quick, all full)")
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("microscope"), show_default=True,
+              help="site folder (static HTML/CSS/JS and images)")
+@click.option("--steps", type=click.IntRange(1, 100_000), default=None, help="optimization steps (32 quick, 96 full)")
+@click.option("--size", type=click.IntRange(16, 4096), default=None, help="image side in px (96 quick, 128 full)")
+@click.option("--quick/--full", "quick", default=None,
+              help="preset (default: --quick without --data, --full with it)")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=None, help="units per render batch (8 quick, 16 full)")
+@click.option("--examples", "k", type=click.IntRange(1, 1000), default=None,
+              help="dataset examples per list (6 quick, 10 full)")
+@click.option("--classes", default=None, help="classes for the model page, e.g. 309,1,130 (default: a showcase set)")
+@click.option("--seed", type=int, default=None, help="base seed (default 0)")
+@click.option("--quiet", "-q", is_flag=True, help="no progress lines")
+@device_option
+def build_cmd(model, data_dir, layers, units, out, steps, size, quick, batch_size, k, classes, seed, quiet, device):
+    """Build (or bring up to date) a microscope site for MODEL.
+
+    Incremental and resumable: what is already built with the same settings is skipped,
+    changed settings re-render only the panels they affect, and a killed build continues
+    where it stopped when the same command is run again.
+    """
+    from ..microscope import build
+
+    organism = load_model(model, device)
+    overrides = dict(layers=layers, units=_units(units), steps=steps, size=size, batch_size=batch_size, k=k,
+                     seed=seed, classes=tuple(parse_range(classes)) if classes else None)
+    log = None if quiet else (lambda msg: click.echo(msg, err=True))
+    if data_dir is None and not quiet:
+        click.echo("no --data given: using the embedded demo photos", err=True)
+    try:
+        report = build(organism, out, data_dir, quick=quick, log=log, progress=not quiet, **overrides)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: what is done is kept in {out}; run the same command again to continue", err=True)
+        sys.exit(130)
+    click.echo(report.summary())
+
+
+def _serve_options(f):
+    options = [
+        click.option("--model", default=None, help="model for on-demand renders (default: the site's, by name)"),
+        click.option("--host", default="127.0.0.1", show_default=True,
+                     help="address to bind (loopback by default; anything else exposes the renderer)"),
+        click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True),
+        click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+                     help="renders at once"),
+        click.option("--max-queue", type=click.IntRange(1, 10_000), default=8, show_default=True,
+                     help="jobs waiting before new requests get 429"),
+        click.option("--per-client", type=click.IntRange(1, 1000), default=2, show_default=True,
+                     help="queued + running jobs per client address"),
+        click.option("--max-steps", type=click.IntRange(1, 100_000), default=256, show_default=True),
+        click.option("--max-size", type=click.IntRange(32, 4096), default=256, show_default=True),
+        click.option("--timeout", "job_timeout", type=float, default=300.0, show_default=True,
+                     help="seconds a render may take"),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _serve(site, model, host, port, workers, max_queue, per_client, max_steps, max_size, job_timeout):
+    from ..microscope.server import is_loopback, serve
+
+    if not Path(site, "manifest.sqlite").is_file():
+        raise FeatvizError(f"{site} is not a microscope site; make one with 'featviz microscope build'")
+    if not is_loopback(host):
+        click.echo(f"warning: binding to {host} lets other machines use this renderer", err=True)
+    click.echo(f"serving {site} at http://{host if ':' not in host else '[' + host + ']'}:{port}/  (Ctrl-C stops)",
+               err=True)
+    serve(site, model, host=host, port=port, workers=workers, max_queue=max_queue, per_client=per_client,
+          max_steps=max_steps, max_size=max_size, job_timeout=job_timeout)
+
+
+@main.command("serve")
+@click.argument("site", type=click.Path(path_type=Path), default=Path("microscope"))
+@_serve_options
+def serve_cmd(site, **kwargs):
+    """Serve a microscope SITE (default ./microscope) and render unbuilt units on demand."""
+    _serve(site, **kwargs)
+
+
+@microscope.command("serve")
+@click.argument("site", type=click.Path(path_type=Path), default=Path("microscope"))
+@_serve_options
+def microscope_serve_cmd(site, **kwargs):
+    """Same as 'featviz serve'."""
+    _serve(site, **kwargs)

@@ -1,0 +1,30 @@
+"""The microscope: every unit of a model's layers, as a static web site.
+
+    from featviz.microscope import build
+    report = build("efficientnet_lite0", "site")                 # quick preset: demo photos, 3 layers x 8 units
+    report = build("efficientnet_lite0", "site", "photos/", layers=["blocks.8", "head"], units=32)
+    print(report.summary())
+
+    from featviz.microscope.server import create_app             # featviz serve SITE
+    app = create_app("site")
+
+A unit page shows the channel, neuron, four diverse and the negative
+visualizations, the top and bottom dataset examples (crops and whole photos)
+and the classes the unit pushes up and down; a layer page shows a grid of all
+its units and the layer's DeepDream; the model page lists the layers and shows
+class visualizations. The build is incremental and resumable (an SQLite
+manifest in the site); ``featviz serve`` serves the site and renders on demand.
+"""
+from .build import BuildReport, build, resolve_settings
+from .manifest import Manifest, Panel
+from .settings import PRESETS, BuildSettings, default_layers, preset, slug
+
+__all__ = ["build", "BuildReport", "BuildSettings", "PRESETS", "preset", "resolve_settings", "Manifest", "Panel",
+           "default_layers", "slug", "create_app"]
+
+
+def create_app(*args, **kwargs):
+    """The ASGI app of ``featviz serve`` (needs the 'serve' extra: fastapi, uvicorn)."""
+    from .server import create_app as _create
+
+    return _create(*args, **kwargs)

@@ -1,0 +1,420 @@
+"""``build``: make (or bring up to date) a microscope site for one model.
+
+Order of work, per layer in model order: dataset examples (one streaming pass
+over the photos for all layers, resumable), the classes each unit pushes up
+and down, then the renders in batches (channel, neuron, negative, diversity),
+then the layer's DeepDream; last, the class visualizations of the model page.
+
+Incremental and resumable: before each batch the manifest is asked which of
+its units still need the panel (absent, made with other settings, or a file
+missing). Files are written atomically and the manifest commits after each
+batch, so a killed build loses at most the batch in flight. Batches are fixed
+slices of each layer's unit list and every batch's seed derives from the
+panel's settings hash, the layer and the batch's first unit: a resumed build
+renders exactly what an uninterrupted one would have.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import FeatvizError
+from ..imageio import atomic_write, save_png, to_pil
+from . import classes as cls
+from . import visuals
+from .manifest import Manifest, Panel
+from .pages import install_static, layer_dir, write_pages
+from .settings import (CLASS_VIS, CLASSES, CLASSES_DIR, DIVERSITY, DREAM, EXAMPLES, EXAMPLES_DIR, RENDER_KINDS,
+                       BuildSettings, batch_seed, choose_classes, choose_layers, choose_units, chunks, digest,
+                       panel_settings, preset, slug)
+
+THUMB = 64
+JPEG_QUALITY = 88
+ATTRIBUTION_IMAGES = 4  # top examples per unit averaged over by the attribution route
+
+
+@dataclass
+class BuildReport:
+    """What a build did: panels made and skipped per kind, render time, and where the site is."""
+
+    site: Path
+    model: str
+    layers: list[str]
+    units: int                                              # units in the plan
+    made: Counter = field(default_factory=Counter)          # panel kind -> panels made now
+    skipped: Counter = field(default_factory=Counter)       # panel kind -> already up to date
+    seconds: Counter = field(default_factory=Counter)       # phase -> seconds
+    batches: int = 0
+    elapsed: float = 0.0
+
+    @property
+    def units_rendered(self) -> int:
+        """Units whose channel visualization was rendered by this build."""
+        return self.made["channel"]
+
+    def units_per_minute(self) -> float | None:
+        t = sum(self.seconds[k] for k in (*RENDER_KINDS, DIVERSITY))
+        return 60.0 * self.units_rendered / t if t and self.units_rendered else None
+
+    def summary(self) -> str:
+        made = ", ".join(f"{k} {v}" for k, v in sorted(self.made.items())) or "nothing"
+        skipped = sum(self.skipped.values())
+        rate = self.units_per_minute()
+        rate = f", {rate:.1f} units/min of rendering" if rate else ""
+        return (f"{self.model}: {len(self.layers)} layers, {self.units} units; made {made}; {skipped} panels "
+                f"already up to date; {self.batches} render batches in {self.elapsed:.1f} s{rate}. "
+                f"Open {self.site / 'index.html'}")
+
+
+def resolve_settings(data=None, quick: bool | None = None, settings: BuildSettings | None = None,
+                     **overrides) -> BuildSettings:
+    """The quick preset when no data folder is given (and ``quick`` is not False), else the full one."""
+    if settings is not None:
+        if any(v is not None for v in overrides.values()):
+            settings = preset(settings.preset, **(settings.to_dict() | {k: v for k, v in overrides.items()
+                                                                         if v is not None}))
+        return settings
+    name = "quick" if (quick or (quick is None and data is None)) else "full"
+    return preset(name, **overrides)
+
+
+def build(model="efficientnet_lite0", out: str | os.PathLike = "microscope", data=None, *, quick: bool | None = None,
+          settings: BuildSettings | None = None, device=None, log: Callable[[str], None] | None = None,
+          progress: bool = False, **overrides) -> BuildReport:
+    """Build or update the microscope site ``out`` for ``model``.
+
+    model: a name (``featviz.models.load``) or a ModelOrganism. data: a folder of
+    photos for the dataset examples (None: the demo photos embedded in
+    scikit-image). With no data and ``quick`` not False, the quick preset
+    (3 layers x 8 units, 32 steps, 96 px). Overrides: any ``BuildSettings`` field,
+    e.g. ``layers=["blocks.8"], units=16, steps=64, size=128``.
+    Returns a ``BuildReport``; rerunning skips what is up to date.
+    """
+    from ..models import ModelOrganism, load
+
+    say = log or (lambda msg: None)
+    if not isinstance(model, ModelOrganism):
+        model = load(model, device=device)
+    elif device is not None:
+        model = model.to(device)
+    s = resolve_settings(data, quick, settings, **overrides)
+    site = Path(out)
+    if site.exists() and not site.is_dir():
+        raise FeatvizError(f"{site} exists and is not a folder")
+    if site.is_dir() and any(p.name != ".lock" for p in site.iterdir()) and not (site / "manifest.sqlite").exists():
+        raise FeatvizError(f"{site} exists and is not a microscope site; choose a new or empty folder for --out")
+    layers = choose_layers(model, s)
+    if not layers:
+        raise FeatvizError(f"{model.name} has no layers with spatial dimensions to show")
+    dirs = [layer_dir(l) for l in layers]
+    if len(set(dirs)) != len(dirs):
+        raise FeatvizError(f"layers {layers} map to the same folder names {dirs}")
+    plan = {layer: choose_units(model, layer, s) for layer in layers}
+    class_list = choose_classes(model, s)
+    site.mkdir(parents=True, exist_ok=True)
+    lock = _SiteLock(site)
+    try:
+        with Manifest(site) as man:
+            return _Builder(model, site, man, s, layers, plan, class_list, data, say, progress).run()
+    finally:
+        lock.close()
+
+
+class _Builder:
+    def __init__(self, model, site: Path, man: Manifest, s: BuildSettings, layers, plan, class_list, data, say,
+                 progress):
+        from ..examples.stream import weights_digest
+
+        self.model, self.site, self.man, self.s = model, site, man, s
+        self.layers, self.plan, self.class_list, self.data = layers, plan, class_list, data
+        self.say, self.progress = say, progress
+        self.slug = slug(model.name)
+        self.model_id = {"name": model.name, "weights": weights_digest(model)}
+        self.report = BuildReport(site, model.name, layers, sum(len(v) for v in plan.values()))
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def rel(self, *parts) -> str:
+        return "/".join([self.slug, *map(str, parts)])
+
+    def unit_rel(self, layer: str, unit: int, name: str) -> str:
+        return self.rel(layer_dir(layer), unit, name)
+
+    def hash_of(self, kind: str, extra: dict | None = None) -> tuple[str, dict]:
+        settings = panel_settings(kind, self.s, self.model_id, extra)
+        return digest(settings), settings
+
+    def missing(self, layer: str, units, kind: str, h: str) -> list[int]:
+        todo = [u for u in units if not self.man.current(self.slug, layer, u, kind, h)]
+        self.report.skipped[kind] += len(units) - len(todo)
+        return todo
+
+    def save(self, image: torch.Tensor, rel: str, meta: dict) -> str:
+        save_png(image, self.site / rel, {"microscope": meta})
+        return rel
+
+    def commit(self, panels: list[Panel], kind: str, pages=None) -> None:
+        self.man.put(panels)
+        self.report.made[kind] += len(panels)
+        if pages is not None:
+            write_pages(self.site, self.man, self.slug, layers=[pages[0]], units=pages[1])
+
+    # -- the build --------------------------------------------------------------------------------------
+    def run(self) -> BuildReport:
+        t0 = time.perf_counter()
+        s, model = self.s, self.model
+        self.say(f"building {self.site} for {model.name}: layers {', '.join(self.layers)}; "
+                 f"{self.report.units} units; {s.steps} steps at {s.size} px ({s.preset} preset)")
+        self.man.set_model(self.slug, self.model_info())
+        install_static(self.site)
+        store = self.examples()
+        for layer in self.layers:
+            units = self.plan[layer]
+            self.examples_panels(store, layer, units)
+            self.classes_panels(store, layer, units)
+            for kind in RENDER_KINDS:
+                self.render_panels(layer, units, kind)
+            self.diversity_panels(layer, units)
+            self.dream(layer)
+            write_pages(self.site, self.man, self.slug, layers=[layer])
+        self.class_vis()
+        write_pages(self.site, self.man, self.slug)
+        store.close()
+        self.report.elapsed = time.perf_counter() - t0
+        return self.report
+
+    def model_info(self) -> dict:
+        m = self.model
+        table = [{"name": l.name, "channels": l.channels, "height": l.height, "width": l.width}
+                 for l in m.layers()]
+        known = {l["name"] for l in table}
+        for layer in self.layers:  # layers outside the main table, built on request
+            if layer not in known:
+                l = m.layer(layer)
+                table.append({"name": l.name, "channels": l.channels, "height": l.height, "width": l.width})
+        return {"name": m.name, "input_size": m.input_size, "num_classes": m.num_classes,
+                "labels": list(m.labels) if m.labels else None, "layers": table, "weights": self.model_id["weights"],
+                "settings": self._settings_record()}
+
+    def _settings_record(self) -> dict:
+        """The settings of this build (``featviz serve`` renders on demand with them by default)."""
+        d = self.s.to_dict()
+        d["layers"] = list(self.layers)
+        d["units"] = list(d["units"]) if isinstance(d["units"], tuple) else d["units"]
+        d["classes"] = list(self.class_list)
+        return d
+
+    # -- dataset examples -------------------------------------------------------------------------------------
+    def examples(self):
+        from ..examples import ExampleStore, collect
+
+        t = time.perf_counter()
+        path = self.site / self.slug / EXAMPLES_DIR
+        wanted = list(self.layers)
+        if ExampleStore.exists(path):
+            try:
+                with ExampleStore(path) as old:
+                    known = old.settings.get("layers", [])
+            except FeatvizError:
+                known = []
+            order = {l.name: l.order for l in self.model.layers(all_modules=True)}
+            wanted = sorted(set(wanted) | {l for l in known if l in order}, key=lambda n: order[n])
+        self.say(f"dataset examples of {', '.join(wanted)} over "
+                 f"{self.data if self.data is not None else 'the embedded demo photos'}")
+        store = collect(self.model, self.data, wanted, self.s.k, store=path, size=self.s.examples_size,
+                        overwrite=True, checkpoint_every=10.0, progress=self.progress, log=self.say)
+        self.report.seconds["examples"] += time.perf_counter() - t
+        return store
+
+    def examples_panels(self, store, layer: str, units: list[int]) -> None:
+        settings = {k: v for k, v in store.settings.items() if k != "layers"}
+        h, _ = self.hash_of(EXAMPLES, {"store": digest(settings)})
+        todo = self.missing(layer, units, EXAMPLES, h)
+        if not todo:
+            return
+        panels = []
+        for u in todo:
+            info, files = examples_info(store, self.slug, layer, u)
+            panels.append(Panel(self.slug, layer, u, EXAMPLES, h, tuple(files), info))
+        self.commit(panels, EXAMPLES)
+
+    # -- classes pushed up / down ---------------------------------------------------------------------------------
+    def classes_panels(self, store, layer: str, units: list[int]) -> None:
+        if not self.model.num_classes:
+            return
+        t = time.perf_counter()
+        readout = cls.linear_readout(self.model, layer)
+        if readout is not None:
+            weight, name = readout
+            h, _ = self.hash_of(CLASSES, {"method": cls.WEIGHTS})
+        else:
+            ex_settings = {k: v for k, v in store.settings.items() if k != "layers"}
+            h, _ = self.hash_of(CLASSES, {"method": cls.ATTRIBUTION, "store": digest(ex_settings),
+                                          "images": ATTRIBUTION_IMAGES})
+        todo = self.missing(layer, units, CLASSES, h)
+        for part in chunks(todo, 16):
+            if readout is not None:
+                effects = weight[:, part].T
+                meta = {"method": cls.WEIGHTS, "detail": name}
+            else:
+                images = [self._example_tensors(store, layer, u) for u in part]
+                effects = cls.logit_effects_attribution(self.model, layer, part, images)
+                meta = {"method": cls.ATTRIBUTION, "n_images": ATTRIBUTION_IMAGES}
+            panels = []
+            for u, row in zip(part, effects):
+                up, down = cls.top_classes(self.model, row, self.s.top_classes)
+                panels.append(Panel(self.slug, layer, u, CLASSES, h, (), meta | {"up": up, "down": down}))
+            self.commit(panels, CLASSES)
+        self.report.seconds[CLASSES] += time.perf_counter() - t
+
+    def _example_tensors(self, store, layer: str, unit: int) -> torch.Tensor:
+        import numpy as np
+        from PIL import Image
+
+        out = []
+        for ex in store.top(layer, unit, k=ATTRIBUTION_IMAGES):
+            with Image.open(ex.image_file) as img:
+                arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+            out.append(torch.from_numpy(arr).permute(2, 0, 1).contiguous())
+        return torch.stack(out) if out else torch.empty(0, 3, self.model.input_size, self.model.input_size)
+
+    # -- renders ------------------------------------------------------------------------------------------------------
+    def render_panels(self, layer: str, units: list[int], kind: str) -> None:
+        h, settings = self.hash_of(kind)
+        planned = chunks(units, self.s.batch_size)
+        for bi, batch in enumerate(planned):
+            todo = self.missing(layer, batch, kind, h)
+            if not todo:
+                continue
+            seed = batch_seed(h, layer, batch[0])
+            t = time.perf_counter()
+            results = visuals.render_kind(self.model, kind, [(layer, u) for u in todo], self.s, seed)
+            panels = []
+            for u, (image, value) in zip(todo, results):
+                meta = {"panel": kind, "layer": layer, "unit": u, "settings": settings, "seed": seed, "batch": todo}
+                files = [self.save(image, self.unit_rel(layer, u, f"{kind}.png"), meta)]
+                if kind == "channel":
+                    files.append(self._thumb(image, self.unit_rel(layer, u, "thumb.jpg")))
+                panels.append(Panel(self.slug, layer, u, kind, h, tuple(files),
+                                    {"value": round(value, 4), "seed": seed, "batch": todo}))
+            dt = time.perf_counter() - t
+            self.report.seconds[kind] += dt
+            self.report.batches += 1
+            self.commit(panels, kind, pages=(layer, [(layer, u) for u in todo]))
+            self.say(f"{layer}: {kind} of units {_span(todo)} (batch {bi + 1}/{len(planned)}) in {dt:.1f} s")
+
+    def _thumb(self, image: torch.Tensor, rel: str) -> str:
+        from PIL import Image
+
+        pic = to_pil(image).resize((THUMB, THUMB), Image.LANCZOS)
+        atomic_write(self.site / rel, lambda tmp: pic.save(tmp, format="JPEG", quality=JPEG_QUALITY))
+        return rel
+
+    def diversity_panels(self, layer: str, units: list[int]) -> None:
+        h, settings = self.hash_of(DIVERSITY)
+        planned = chunks(units, self.s.diversity_batch)
+        for bi, batch in enumerate(planned):
+            todo = self.missing(layer, batch, DIVERSITY, h)
+            if not todo:
+                continue
+            seed = batch_seed(h, layer, batch[0])
+            t = time.perf_counter()
+            images = visuals.render_diversity(self.model, [(layer, u) for u in todo], self.s, seed)
+            panels = []
+            for u, imgs in zip(todo, images):
+                meta = {"panel": DIVERSITY, "layer": layer, "unit": u, "settings": settings, "seed": seed,
+                        "batch": todo}
+                files = tuple(self.save(img, self.unit_rel(layer, u, f"diversity-{j}.png"), meta | {"index": j})
+                              for j, img in enumerate(imgs))
+                panels.append(Panel(self.slug, layer, u, DIVERSITY, h, files, {"seed": seed, "batch": todo}))
+            dt = time.perf_counter() - t
+            self.report.seconds[DIVERSITY] += dt
+            self.report.batches += 1
+            self.commit(panels, DIVERSITY, pages=(layer, [(layer, u) for u in todo]))
+            self.say(f"{layer}: diversity of units {_span(todo)} (batch {bi + 1}/{len(planned)}) in {dt:.1f} s")
+
+    def dream(self, layer: str) -> None:
+        h, settings = self.hash_of(DREAM)
+        if self.man.current(self.slug, layer, -1, DREAM, h):
+            self.report.skipped[DREAM] += 1
+            return
+        seed = batch_seed(h, layer)
+        t = time.perf_counter()
+        image = visuals.render_dream(self.model, layer, self.s, seed)
+        rel = self.save(image, self.rel(layer_dir(layer), "dream.png"),
+                        {"panel": DREAM, "layer": layer, "settings": settings, "seed": seed})
+        self.report.seconds[DREAM] += time.perf_counter() - t
+        self.report.batches += 1
+        self.commit([Panel(self.slug, layer, -1, DREAM, h, (rel,), {"seed": seed})], DREAM)
+        self.say(f"{layer}: DeepDream in {time.perf_counter() - t:.1f} s")
+
+    def class_vis(self) -> None:
+        if not self.class_list:
+            return
+        h, settings = self.hash_of(CLASS_VIS, {"classes": self.class_list})
+        todo = [c for c in self.class_list if not self.man.current(self.slug, "", c, CLASS_VIS, h)]
+        self.report.skipped[CLASS_VIS] += len(self.class_list) - len(todo)
+        for batch in chunks(todo, self.s.batch_size):
+            seed = batch_seed(h, batch[0])
+            t = time.perf_counter()
+            images = visuals.render_classes(self.model, batch, self.s, seed)
+            panels = []
+            for c, img in zip(batch, images):
+                rel = self.save(img, self.rel(CLASSES_DIR, f"{c:04d}.png"),
+                                {"panel": CLASS_VIS, "class": c, "label": self.model.label(c), "settings": settings,
+                                 "seed": seed})
+                panels.append(Panel(self.slug, "", c, CLASS_VIS, h, (rel,), {"label": self.model.label(c)}))
+            self.report.seconds[CLASS_VIS] += time.perf_counter() - t
+            self.report.batches += 1
+            self.commit(panels, CLASS_VIS)
+            self.say(f"class visualizations {', '.join(map(str, batch))} in {time.perf_counter() - t:.1f} s")
+
+
+def examples_info(store, model_slug: str, layer: str, unit: int) -> tuple[dict, list[str]]:
+    """What a unit page shows of the dataset examples of one unit (paths relative to the site)."""
+    root = store.data_root
+    data = "the embedded demo photos" if root is None or root.name == "demo-photos" else root.name
+    info: dict = {"n_images": store.num_images, "data": data}
+    files: list[str] = []
+    for key, examples in (("top_max", store.top(layer, unit, by="max")), ("top", store.top(layer, unit)),
+                          ("bottom", store.bottom(layer, unit))):
+        items = []
+        for ex in examples:
+            rel = "/".join([model_slug, EXAMPLES_DIR, ex.image_file.relative_to(store.path).as_posix()])
+            item = {"file": rel, "value": round(float(ex.value), 5), "source": ex.path}
+            if ex.position is not None:
+                item["pos"] = list(ex.position)
+            items.append(item)
+            files.append(rel)
+        info[key] = items
+    return info, list(dict.fromkeys(files))
+
+
+def _span(units: list[int]) -> str:
+    if len(units) > 2 and units == list(range(units[0], units[-1] + 1)):
+        return f"{units[0]}-{units[-1]}"
+    return ",".join(map(str, units))
+
+
+class _SiteLock:
+    """One build at a time per site (released by the OS if the process dies)."""
+
+    def __init__(self, site: Path):
+        self.file = open(site / ".lock", "a+")
+        try:
+            import fcntl
+        except ImportError:
+            return
+        try:
+            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.close()
+            raise FeatvizError(f"the site {site} is being built by another process") from None
+
+    def close(self) -> None:
+        self.file.close()

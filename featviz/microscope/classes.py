@@ -1,0 +1,111 @@
+"""Which classes a unit pushes up and down.
+
+Two routes, and the page says which one it took:
+
+- **weights** (exact): when the logits are an affine function of the layer's
+  spatial mean (``layer -> global average pool -> linear classifier``, as for
+  EfficientNet's ``head``), the effect of one unit on each logit is a column
+  of the classifier's weight matrix. The route is checked numerically on two
+  random images before it is used, so it is never taken by mistake.
+- **attribution** (any layer): the derivative of each logit with respect to
+  the unit's activation raised uniformly over all positions (the gradient
+  with respect to its spatial mean, summed over positions), averaged over
+  the unit's top dataset examples. Computed exactly with forward-mode
+  autodiff: one forward pass per batch of (unit, image) rows, whatever the
+  number of classes. On a linear path it equals the weights route.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+WEIGHTS = "weights"
+ATTRIBUTION = "attribution"
+
+
+@torch.no_grad()
+def linear_readout(model, layer: str) -> tuple[torch.Tensor, str] | None:
+    """(W (classes, channels), classifier module name) if logits = W . mean_hw(layer) + b, else None."""
+    info = model.layer(layer)
+    if not info.spatial or not model.num_classes:
+        return None
+    candidates = [(name, m) for name, m in model.network.named_modules()
+                  if isinstance(m, nn.Linear) and m.in_features == info.channels
+                  and m.out_features == model.num_classes]
+    if not candidates:
+        return None
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand((2, 3, model.input_size, model.input_size), generator=gen).to(model.device)
+    acts = model.activations(x, [layer, "logits"])
+    mean = acts[layer].float().mean((2, 3))
+    logits = acts["logits"].float()
+    scale = logits.abs().max().clamp_min(1.0)
+    for name, lin in candidates:
+        pred = mean @ lin.weight.float().T
+        if lin.bias is not None:
+            pred = pred + lin.bias.float()
+        if (pred - logits).abs().max() <= 1e-4 * scale:
+            return lin.weight.detach().float().cpu(), name
+    return None
+
+
+def logit_effects_attribution(model, layer: str, units: Sequence[int], images: Sequence[torch.Tensor],
+                              batch_rows: int = 16) -> torch.Tensor:
+    """(len(units), classes): mean over each unit's images of d logits / d(uniform shift of the unit).
+
+    ``images[i]``: (M_i, 3, H, W) in [0, 1], the images averaged over for unit ``units[i]``.
+    """
+    import torch.autograd.forward_ad as fwAD
+
+    rows_x, rows_ch, rows_unit = [], [], []
+    for i, (unit, imgs) in enumerate(zip(units, images)):
+        for img in imgs:
+            rows_x.append(img)
+            rows_ch.append(int(unit))
+            rows_unit.append(i)
+    n_classes = model.num_classes
+    out = torch.zeros(len(units), n_classes)
+    counts = torch.zeros(len(units))
+    module = model.module(layer)
+    for start in range(0, len(rows_x), batch_rows):
+        x = torch.stack(rows_x[start:start + batch_rows]).to(model.device)
+        chans = torch.tensor(rows_ch[start:start + batch_rows], device=model.device)
+
+        def hook(_module, _inputs, output, chans=chans):
+            tangent = torch.zeros_like(output)
+            tangent[torch.arange(output.shape[0], device=output.device), chans] = 1.0
+            return fwAD.make_dual(output, tangent)
+
+        handle = module.register_forward_hook(hook)
+        try:
+            with torch.no_grad(), fwAD.dual_level():
+                logits = model(x)
+                tangent = fwAD.unpack_dual(logits).tangent
+        finally:
+            handle.remove()
+        if tangent is None:  # the logits do not depend on the layer
+            tangent = torch.zeros(x.shape[0], n_classes)
+        idx = torch.tensor(rows_unit[start:start + batch_rows])
+        out.index_add_(0, idx, tangent.float().cpu())
+        counts.index_add_(0, idx, torch.ones(len(idx)))
+    return out / counts.clamp_min(1)[:, None]
+
+
+def top_classes(model, effects: torch.Tensor, k: int) -> tuple[list, list]:
+    """(up, down): lists of [class, label, value] for the k largest and k smallest effects."""
+    k = min(k, effects.numel())
+    up_v, up_i = effects.topk(k)
+    down_v, down_i = (-effects).topk(k)
+    up = [[int(i), model.label(int(i)), round(float(v), 5)] for v, i in zip(up_v, up_i)]
+    down = [[int(i), model.label(int(i)), round(float(-v), 5)] for v, i in zip(down_v, down_i)]
+    return up, down
+
+
+def describe(method: str, layer: str, detail: str = "", n_images: int = 0) -> str:
+    if method == WEIGHTS:
+        return (f"through the weights: {layer} is averaged over positions and read out by the linear "
+                f"classifier ({detail}), so these are the classifier's weights for this unit (exact)")
+    return (f"by attribution: the derivative of each logit with respect to this unit's activation raised "
+            f"uniformly over the image, averaged over its top {n_images} dataset examples")

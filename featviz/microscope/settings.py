@@ -1,0 +1,224 @@
+"""What a microscope build makes, and the hashes that say when a panel must be made again.
+
+Two presets: ``quick`` (a newcomer's first look: 3 layers x 8 units, 32 steps at
+96 px, the embedded demo photos) and ``full`` (6 layers spanning the depth,
+every unit, 96 steps at 128 px). Any field can be overridden.
+
+Every panel of the site (a unit's channel visualization, its dataset examples, a
+layer's DeepDream...) has a *settings hash*: a digest of exactly what its
+content depends on. The manifest records the hash each panel was made with, so
+a rebuild skips panels whose hash is unchanged and remakes only the others.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, replace
+from typing import Sequence
+
+from ..errors import FeatvizError
+
+FORMAT = 1  # bump when the meaning of a hash changes
+
+# Kinds of unit panel rendered by optimization (the engine's batched kinds + diversity).
+RENDER_KINDS = ("channel", "neuron", "negative")
+DIVERSITY = "diversity"
+EXAMPLES = "examples"
+CLASSES = "classes"
+UNIT_PANELS = RENDER_KINDS + (DIVERSITY, EXAMPLES, CLASSES)
+DREAM = "dream"        # layer panel
+CLASS_VIS = "class"    # model panel, one per class
+
+# Folder and file names the site uses for itself (never a model or layer folder).
+STATIC_DIR = "static"
+API_PREFIX = "api"
+LIVE_DIR = "_live"
+EXAMPLES_DIR = "_examples"
+CLASSES_DIR = "_classes"
+MANIFEST_NAME = "manifest.sqlite"
+RESERVED = {STATIC_DIR, API_PREFIX, LIVE_DIR, "index.html", MANIFEST_NAME}
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """Settings of a build. ``None`` fields take the preset's value (see ``resolve``).
+
+    layers: layer names (None: a set spanning the depth). units: per layer, None for
+    every unit, an int N for units 0..N-1, or a list of unit indices.
+    steps, size, recipe: of every visualization. batch_size: units per render batch.
+    diversity: weight of the diversity term, relative to the unit's own activation;
+    diversity_images: images per unit; diversity_batch: units per diversity batch.
+    k: dataset examples per list (top by mean, top by max with crops, bottom by mean).
+    examples_size: input size of the examples pass (None: the model's).
+    classes: classes visualized on the model page (None: a default set).
+    class_size / dream_size: sides of those images (None: size * 3 // 2).
+    seed: base of every per-batch seed.
+    """
+
+    preset: str = "full"
+    layers: tuple[str, ...] | None = None
+    n_layers: int = 6
+    units: int | tuple[int, ...] | None = None
+    steps: int = 96
+    size: int = 128
+    recipe: str = "default"
+    batch_size: int = 16
+    diversity: float = 1.0
+    diversity_images: int = 4
+    diversity_batch: int = 4
+    k: int = 10
+    examples_size: int | None = None
+    classes: tuple[int, ...] | None = None
+    n_classes: int = 12
+    class_size: int | None = None
+    dream_size: int | None = None
+    seed: int = 0
+    top_classes: int = 5
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS = {
+    "full": BuildSettings(),
+    "quick": BuildSettings(preset="quick", n_layers=3, units=8, steps=32, size=96, recipe="quick", batch_size=8,
+                           diversity_batch=4, k=6, n_classes=4),
+}
+
+# Classes shown on the model page of an ImageNet model when none are given: recognizable ones first.
+IMAGENET_SHOWCASE = (309, 1, 130, 207, 281, 291, 340, 417, 508, 717, 954, 980)
+
+
+def preset(name: str, **overrides) -> BuildSettings:
+    if name not in PRESETS:
+        raise FeatvizError(f"unknown preset {name!r}: quick or full")
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    for key in ("layers", "classes"):
+        if isinstance(clean.get(key), (list, str)):
+            value = clean[key]
+            clean[key] = tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) \
+                else tuple(value)
+    if isinstance(clean.get("units"), list):
+        clean["units"] = tuple(clean["units"])
+    if clean.get("units") == "all":
+        clean["units"] = None  # every unit
+    try:
+        s = replace(PRESETS[name], **clean)
+    except TypeError as exc:
+        raise FeatvizError(f"unknown build setting: {exc}") from None
+    check(s)
+    return s
+
+
+def check(s: BuildSettings) -> None:
+    if not 1 <= s.steps <= 100_000:
+        raise FeatvizError(f"steps must be between 1 and 100000, got {s.steps}")
+    if not 16 <= s.size <= 4096:
+        raise FeatvizError(f"size must be between 16 and 4096 px, got {s.size}")
+    if s.batch_size < 1 or s.diversity_batch < 1:
+        raise FeatvizError("batch sizes must be at least 1")
+    if s.diversity_images < 2:
+        raise FeatvizError("diversity needs at least 2 images per unit")
+    if s.k < 1:
+        raise FeatvizError(f"k (dataset examples per list) must be at least 1, got {s.k}")
+    if isinstance(s.units, int) and s.units < 1:
+        raise FeatvizError(f"units must be at least 1, got {s.units}")
+
+
+def default_layers(model, n: int) -> list[str]:
+    """``n`` spatial main layers evenly spread over the depth, the deepest included
+    (EfficientNet-Lite0, n=3: blocks.4, blocks.10, head)."""
+    spatial = [info.name for info in model.layers() if info.spatial]
+    if len(spatial) <= n:
+        return spatial
+    return list(dict.fromkeys(spatial[max(0, round(len(spatial) * i / n) - 1)] for i in range(1, n + 1)))
+
+
+def choose_layers(model, s: BuildSettings) -> list[str]:
+    if not s.layers:
+        return default_layers(model, s.n_layers)
+    names = list(dict.fromkeys(s.layers))
+    for name in names:
+        info = model.layer(name)
+        if not info.spatial:
+            raise FeatvizError(f"layer '{name}' has no spatial dimensions; the microscope shows convolutional "
+                               "layers (the classes are shown on the model page)")
+    order = {info.name: info.order for info in model.layers(all_modules=True)}
+    return sorted(names, key=lambda n: order.get(n, 0))
+
+
+def choose_units(model, layer: str, s: BuildSettings) -> list[int]:
+    channels = model.layer(layer).channels
+    if s.units is None:
+        return list(range(channels))
+    if isinstance(s.units, int):
+        return list(range(min(s.units, channels)))
+    units = sorted(dict.fromkeys(int(u) for u in s.units))
+    for u in units:
+        model.check_channel(layer, u)
+    return units
+
+
+def choose_classes(model, s: BuildSettings) -> list[int]:
+    n = model.num_classes
+    if not n:
+        return []
+    if s.classes is not None:
+        return [model.check_class(int(c)) for c in s.classes]
+    if n == 1000:
+        return list(IMAGENET_SHOWCASE[:s.n_classes])
+    return list(range(min(n, s.n_classes)))
+
+
+# -- hashing -------------------------------------------------------------------------------------
+def digest(obj) -> str:
+    """A short stable digest of plain data."""
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def render_params(s: BuildSettings) -> dict:
+    return {"steps": s.steps, "size": s.size, "recipe": s.recipe}
+
+
+def panel_settings(kind: str, s: BuildSettings, model_id: dict, extra: dict | None = None) -> dict:
+    """The plain-data settings a panel depends on (its hash is ``digest`` of this)."""
+    base = {"format": FORMAT, "panel": kind, "model": model_id}
+    if kind in RENDER_KINDS:
+        base |= render_params(s) | {"batch_size": s.batch_size, "seed": s.seed}
+    elif kind == DIVERSITY:
+        base |= render_params(s) | {"weight": s.diversity, "images": s.diversity_images,
+                                    "batch_size": s.diversity_batch, "seed": s.seed}
+    elif kind == DREAM:
+        base |= {"steps": s.steps, "recipe": s.recipe, "size": s.dream_size or s.size * 3 // 2, "seed": s.seed}
+    elif kind == CLASS_VIS:
+        base |= {"steps": s.steps, "recipe": s.recipe, "size": s.class_size or s.size * 3 // 2, "seed": s.seed}
+    elif kind == CLASSES:
+        base |= {"top": s.top_classes}
+    if extra:
+        base |= extra
+    return base
+
+
+def batch_seed(settings_hash: str, *parts) -> int:
+    """A seed derived from a panel's settings and its batch (e.g. the layer and first unit)."""
+    h = hashlib.sha256(("|".join([settings_hash, *map(str, parts)])).encode()).digest()
+    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+# -- names in the site -------------------------------------------------------------------------------
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def slug(name: str) -> str:
+    """A URL- and file-system-safe folder name for a model or layer (stable, readable)."""
+    s = _SAFE.sub("_", str(name)).strip(".") or "_"
+    if s.startswith("_") or s in RESERVED or s.lower() in RESERVED:
+        s = "x" + s
+    return s
+
+
+def chunks(items: Sequence, size: int) -> list[list]:
+    items = list(items)
+    return [items[i:i + size] for i in range(0, len(items), size)]

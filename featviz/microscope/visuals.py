@@ -1,0 +1,156 @@
+"""The optimized images of the microscope, rendered in batches through the engine.
+
+- ``render_kind``: channel / neuron / negative-channel visualizations of many
+  units, one unit per batch element (``featviz.optvis.render_units``).
+- ``render_diversity``: several different images per unit, for several units
+  in one optimization: each unit's images maximize its channel while a
+  diversity term pushes them apart *within the unit's group only*.
+- ``render_dream``: DeepDream of a whole layer; ``render_classes``: class
+  logits, one class per batch element.
+
+Every function takes an explicit seed and returns images on the CPU in [0, 1].
+An interrupted render (Ctrl-C) raises ``KeyboardInterrupt`` rather than
+returning a half-optimized image, so nothing unfinished is ever recorded.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..optvis import render, render_units
+from ..optvis.objectives import Objective, Unit, _spatial, deepdream, logit
+from .settings import BuildSettings
+
+Callback = Callable[[int, float], None] | None
+MAX_DIVERSITY_CHANNELS = 512  # wider layers measure diversity on an earlier layer (Gram cost ~ C^2)
+
+
+def _check(result) -> None:
+    if result.interrupted:
+        raise KeyboardInterrupt
+
+
+def render_kind(model, kind: str, units: Sequence[tuple[str, int]], s: BuildSettings, seed: int,
+                callback: Callback = None) -> list[tuple[torch.Tensor, float]]:
+    """One batch: (image (3, H, W), final objective of this image) per unit."""
+    results = render_units(model, list(units), batch_size=len(units), kind=kind, size=s.size, steps=s.steps,
+                           recipe=s.recipe, seed=seed, callback=callback)
+    out = []
+    for res in results:
+        _check(res)
+    if len(results) != len(units):
+        raise KeyboardInterrupt
+    # The engine keeps one history (sum over the batch); report each image's own value.
+    values = _final_values(model, kind, units, torch.cat([r.images for r in results]))
+    for res, value in zip(results, values):
+        out.append((res.images[0], value))
+    return out
+
+
+@torch.no_grad()
+def _final_values(model, kind: str, units, images: torch.Tensor) -> list[float]:
+    """Each unit's objective on its final image (no transforms)."""
+    layers = list(dict.fromkeys(layer for layer, _ in units))
+    acts = model.activations(images.to(model.device), layers)
+    values = []
+    for i, (layer, ch) in enumerate(units):
+        a = _spatial(acts, layer)[i, ch]
+        if kind == "neuron":
+            v = a[a.shape[0] // 2, a.shape[1] // 2]
+        else:
+            v = a.mean()
+        values.append(float(-v if kind == "negative" else v))
+    return values
+
+
+def diversity_layer(model, layer: str) -> str:
+    """The layer whose Gram matrices measure diversity: the unit's own, or for a very
+    wide layer the nearest earlier spatial main layer that is narrow enough."""
+    info = model.layer(layer)
+    if info.channels <= MAX_DIVERSITY_CHANNELS:
+        return layer
+    earlier = [i for i in model.layers() if i.spatial and i.order < info.order
+               and i.channels <= MAX_DIVERSITY_CHANNELS]
+    return earlier[-1].name if earlier else layer
+
+
+def grouped_diversity(units: Sequence[tuple[str, int]], per_unit: int, weight: float,
+                      div_layers: dict[str, str]) -> Objective:
+    """Batch element ``i`` maximizes the channel of ``units[i // per_unit]``; the images of
+    one unit are pushed apart (minus the mean cosine similarity of their Gram matrices to
+    the group's other images), scaled by ``weight`` x the image's own |activation| so that
+    one weight works for layers whose activations differ by orders of magnitude."""
+    units = list(units)
+    n_images = len(units) * per_unit
+    chans_by_layer: dict[str, list[tuple[int, int]]] = {}
+    for i in range(n_images):
+        layer, ch = units[i // per_unit]
+        chans_by_layer.setdefault(layer, []).append((i, ch))
+    needed = list(dict.fromkeys(list(chans_by_layer) + [div_layers[l] for l, _ in units]))
+
+    def fn(acts, n):
+        rows = next(iter(acts.values())).shape[0]
+        views = rows // n
+        dev = next(iter(acts.values())).device
+        act = None
+        for layer, members in chans_by_layer.items():
+            a = _spatial(acts, layer)
+            images = torch.tensor([i for i, _ in members], device=dev)
+            chans = torch.tensor([c for _, c in members], device=dev)
+            r = (torch.arange(views, device=dev)[:, None] * n + images[None, :]).flatten()
+            v = a[r, chans.repeat(views)].mean((1, 2))
+            act = (a.new_zeros(rows) if act is None else act).index_add(0, r, v)
+        div = act.new_zeros(rows)
+        group_of = torch.arange(n, device=dev) // per_unit
+        for dlayer in dict.fromkeys(div_layers[l] for l, _ in units):
+            a = _spatial(acts, dlayer)
+            c = a.shape[1]
+            flat = a.reshape(rows, c, -1)
+            gram = F.normalize(torch.bmm(flat, flat.transpose(1, 2)).reshape(rows, -1), dim=1)
+            g = gram.reshape(views, n, -1)
+            sim = torch.bmm(g, g.transpose(1, 2))  # (views, n, n)
+            same = (group_of[:, None] == group_of[None, :]) & ~torch.eye(n, dtype=torch.bool, device=dev)
+            # only the groups whose unit measures diversity on this layer
+            uses = torch.tensor([div_layers[units[i // per_unit][0]] == dlayer for i in range(n)], device=dev)
+            mean_sim = (sim * same).sum(-1) / (per_unit - 1)
+            div = div - (mean_sim * uses).reshape(rows)
+        return act + weight * act.detach().abs() * div
+
+    # The images are compared within each view (random crop) only, never across views, and the
+    # render loop splits a big batch into groups of *whole views* (every image once per view): so
+    # the loop may evaluate it in groups, which keeps CPU passes at a cache-friendly size.
+    return Objective(fn, needed, f"{len(units)} units x {per_unit} diverse images",
+                     [Unit(l, c) for l, c in units], rowwise=True)
+
+
+def render_diversity(model, units: Sequence[tuple[str, int]], s: BuildSettings, seed: int,
+                     callback: Callback = None) -> list[list[torch.Tensor]]:
+    """One batch: ``s.diversity_images`` different images per unit."""
+    per = s.diversity_images
+    div_layers = {layer: diversity_layer(model, layer) for layer, _ in units}
+    objective = grouped_diversity(units, per, s.diversity, div_layers).validate(model)
+    res = render(model, objective, size=s.size, batch=len(units) * per, steps=s.steps, recipe=s.recipe, seed=seed,
+                 callback=callback)
+    _check(res)
+    return [[res.images[u * per + j] for j in range(per)] for u in range(len(units))]
+
+
+def render_dream(model, layer: str, s: BuildSettings, seed: int, callback: Callback = None) -> torch.Tensor:
+    size = s.dream_size or s.size * 3 // 2
+    res = render(model, deepdream(layer), size=size, steps=s.steps, recipe=s.recipe, seed=seed, callback=callback)
+    _check(res)
+    return res.images[0]
+
+
+def render_classes(model, classes: Sequence[int], s: BuildSettings, seed: int,
+                   callback: Callback = None) -> list[torch.Tensor]:
+    """One batch, one class logit per batch element."""
+    classes = list(classes)
+    objective = Objective.sum([logit(c).only(i) for i, c in enumerate(classes)])
+    size = s.class_size or s.size * 3 // 2
+    res = render(model, objective, size=size, batch=len(classes), steps=s.steps, recipe=s.recipe, seed=seed,
+                 callback=callback)
+    _check(res)
+    return [res.images[i] for i in range(len(classes))]
