@@ -224,7 +224,9 @@ def diversity(layer: str) -> Objective:
         sim = torch.bmm(g, g.transpose(1, 2))  # (crops, n, n)
         off_diag = sim.sum(-1) - sim.diagonal(dim1=1, dim2=2)
         return -(off_diag / (n - 1)).reshape(rows)
-    return Objective(fn, [layer], f"diversity {layer}", [Unit(layer)], rowwise=False)
+    # Images are compared within one view (crop-major groups), so the render
+    # loop may still evaluate views in groups: rowwise in the sense it needs.
+    return Objective(fn, [layer], f"diversity {layer}", [Unit(layer)], rowwise=True)
 
 
 def batched_channels(layer_channels: Sequence[tuple[str, int]], kind: str = "channel") -> Objective:
