@@ -94,14 +94,16 @@ def section_truncation(model):
     print(f"  blocks.2 {early*1e3:.1f} ms  logits {full*1e3:.1f} ms  ratio {early/full:.3f}")
 
 
-def section_batch(model):
+def section_batch(model, recipes):
     size = 128
-    one = render_step_time(model, O.batched_channels([("blocks.8", 0)]), size, batch=1)
     units = [("blocks.8", c) for c in range(16)]
-    sixteen = render_step_time(model, O.batched_channels(units), size, batch=16)
     print("\n## Batching: per-unit time at batch 16 / batch 1 (128 px, blocks.8); target <= 0.6")
-    print(f"  batch 1 {one*1e3:.1f} ms/unit/step  batch 16 {sixteen/16*1e3:.1f} ms/unit/step  "
-          f"ratio {sixteen/16/one:.3f}")
+    for name in recipes:
+        one = render_step_time(model, O.batched_channels(units[:1]), size, batch=1, recipe=name)
+        sixteen = render_step_time(model, O.batched_channels(units), size, batch=16, recipe=name)
+        views = featviz.optvis.transforms.get_spec(RECIPES[name].transforms).views
+        print(f"  recipe {name:8s} ({views} views/image): batch 1 {one*1e3:.1f} ms/unit/step  "
+              f"batch 16 {sixteen/16*1e3:.1f} ms/unit/step  ratio {sixteen/16/one:.3f}")
 
 
 def section_memory(model):
@@ -170,7 +172,8 @@ def section_channels(model, recipes, batch, out_dir):
             ratios.append(channel_activation(model, res.images[0], layer, ch) / b)
             ratios224.append(channel_activation(model, res.images[0], layer, ch, 224) / b)
         sheet = featviz.imageio.grid([r.pil() for r in results], columns=4, labels=[f"{l}:{c}" for l, c in units])
-        sheet.save(out_dir / f"channels_{name}.png")
+        featviz.imageio.save_png(sheet, out_dir / f"channels_{name}.png",
+                                 {"recipe": name, "size": 128, "seed": 0, "units": [f"{l}:{c}" for l, c in units]})
         steps = RECIPES[name].steps
         print(f"  recipe {name:8s} steps {steps:4d} batch {batch:2d}: median ratio {statistics.median(ratios):.2f} "
               f"(@224 {statistics.median(ratios224):.2f}), min {min(ratios):.2f}, "
@@ -225,8 +228,10 @@ def section_classes(model, recipes, out_dir, kinds=("logit", "prob")):
                     hits[j][0] += top[0] == cls
                     hits[j][1] += cls in top
             per_class = (time.perf_counter() - t) / len(CLASSES)
-            featviz.imageio.grid(images, columns=5, labels=list(CLASSES.values())).save(
-                out_dir / f"classes_{name}_{kind}.png")
+            featviz.imageio.save_png(featviz.imageio.grid(images, columns=5, labels=list(CLASSES.values())),
+                                     out_dir / f"classes_{name}_{kind}.png",
+                                     {"recipe": name, "objective": kind, "size": 224, "seed": 0,
+                                      "classes": list(CLASSES)})
             summary = "  ".join(f"{j} {h1}/{h5}" for j, (h1, h5) in hits.items())
             print(f"  recipe {name:8s} {kind:5s} ({per_class:.1f} s/class): {summary}   [top-1/top-5]")
 
@@ -252,7 +257,7 @@ def main():
     if "truncation" in sections:
         section_truncation(model)
     if "batch" in sections:
-        section_batch(model)
+        section_batch(model, recipes)
     if "memory" in sections:
         section_memory(model)
     if "channels" in sections:
