@@ -101,7 +101,7 @@ def section_batch(model, recipes):
     for name in recipes:
         one = render_step_time(model, O.batched_channels(units[:1]), size, batch=1, recipe=name)
         sixteen = render_step_time(model, O.batched_channels(units), size, batch=16, recipe=name)
-        views = featviz.optvis.transforms.get_spec(RECIPES[name].transforms).views
+        views = featviz.optvis.transforms.get_spec(RECIPES["sharp" if name == "auto" else name].transforms).views
         print(f"  recipe {name:8s} ({views} views/image): batch 1 {one*1e3:.1f} ms/unit/step  "
               f"batch 16 {sixteen/16*1e3:.1f} ms/unit/step  ratio {sixteen/16/one:.3f}")
 
@@ -174,7 +174,7 @@ def section_channels(model, recipes, batch, out_dir):
         sheet = featviz.imageio.grid([r.pil() for r in results], columns=4, labels=[f"{l}:{c}" for l, c in units])
         featviz.imageio.save_png(sheet, out_dir / f"channels_{name}.png",
                                  {"recipe": name, "size": 128, "seed": 0, "units": [f"{l}:{c}" for l, c in units]})
-        steps = RECIPES[name].steps
+        steps = RECIPES["sharp" if name == "auto" else name].steps
         print(f"  recipe {name:8s} steps {steps:4d} batch {batch:2d}: median ratio {statistics.median(ratios):.2f} "
               f"(@224 {statistics.median(ratios224):.2f}), min {min(ratios):.2f}, "
               f"{per_unit:.2f} s per unit")
@@ -239,7 +239,7 @@ def section_classes(model, recipes, out_dir, kinds=("logit", "prob")):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="overhead,truncation,batch,memory,channels,classes")
-    parser.add_argument("--recipes", default="default")
+    parser.add_argument("--recipes", default="auto", help="auto = default (multi-crop) for classes, sharp for units")
     parser.add_argument("--channel-batch", type=int, default=12)
     parser.add_argument("--kinds", default="logit,prob")
     parser.add_argument("--out", default=str(CACHE))

@@ -9,6 +9,7 @@ import click
 from ..errors import FeatvizError
 from ..imageio import grid, save_png
 from ..optvis import RECIPES, render, render_units
+from ..optvis.render import auto_recipe
 from ..optvis.objectives import parse
 from . import main
 from .common import device_option, load_model, model_argument, parse_range
@@ -17,8 +18,9 @@ from .common import device_option, load_model, model_argument, parse_range
 def recipe_options(f):
     """Options shared by every rendering command (they override the recipe)."""
     options = [
-        click.option("--recipe", type=click.Choice(list(RECIPES)), default="default", show_default=True,
-                     help="preset of steps, lr, parameterization and transforms"),
+        click.option("--recipe", type=click.Choice(["auto", *RECIPES]), default="auto", show_default=True,
+                     help="preset of steps, lr, parameterization and transforms; auto: 'default' (multi-crop) "
+                          "for classes, 'sharp' for units"),
         click.option("--steps", type=click.IntRange(1, 100_000), default=None, help="optimization steps"),
         click.option("--lr", type=float, default=None, help="learning rate"),
         click.option("--param", type=click.Choice(["fourier", "pixel", "maco"]), default=None,
@@ -78,7 +80,7 @@ def render_cmd(model, target, out, batch, diversity, alpha, gif, recipe, steps, 
 
         objective = objective + diversity * diversity_objective(layer)
     kw = _overrides(steps, lr, param, transforms)
-    n_steps = kw.get("steps", RECIPES[recipe].steps)
+    n_steps = kw.get("steps", RECIPES[auto_recipe(objective) if recipe == "auto" else recipe].steps)
     result = render(organism, objective, size=size, batch=batch, recipe=recipe, seed=seed, alpha=alpha,
                     snapshot_every=max(1, n_steps // 32) if gif else None, progress=True, **kw)
     _finish(result, out, gif)

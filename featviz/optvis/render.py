@@ -101,7 +101,7 @@ class RenderResult:
 
 
 def render(model: ModelOrganism, objective: Objective | str, *, size: int | None = None, batch: int = 1,
-           recipe: str | Recipe = "default", steps: int | None = None, lr: float | None = None,
+           recipe: str | Recipe = "auto", steps: int | None = None, lr: float | None = None,
            param: str | None = None, transforms: str | TransformSpec | None = None, optimizer: str | None = None,
            seed: int = 0, init_image: torch.Tensor | None = None, alpha: bool = False,
            snapshot_every: int | None = None, thresholds: Sequence[int] = (), progress: bool = False,
@@ -111,7 +111,9 @@ def render(model: ModelOrganism, objective: Objective | str, *, size: int | None
     ``objective``: an ``Objective`` or shorthand such as ``"blocks.8:12"``,
     ``"logit:309"``, ``"prob:309"``, ``"dream:blocks.5"``.
     ``size``: side in pixels (default: the model's input size).
-    ``recipe``: ``default`` | ``lucid`` | ``maco`` | ``quick``; ``steps``, ``lr``,
+    ``recipe``: ``auto`` (``default`` for class objectives, ``sharp`` for units:
+    what bench_render.py measured best for each) | ``default`` | ``sharp`` |
+    ``lucid`` | ``maco`` | ``quick``; ``steps``, ``lr``,
     ``param`` (pixel | fourier | maco), ``transforms`` (multicrop | lucid | none)
     and ``optimizer`` override it. ``init_image``: start from a photo
     (DeepDream / caricature). ``alpha``: add a transparency channel,
@@ -119,6 +121,9 @@ def render(model: ModelOrganism, objective: Objective | str, *, size: int | None
     ``thresholds`` / ``snapshot_every``: keep intermediate images (for a GIF).
     Ctrl-C stops early and returns the last image with ``interrupted=True``.
     """
+    objective = as_objective(objective, model)
+    if recipe == "auto":
+        recipe = auto_recipe(objective)
     recipe = RECIPES[recipe] if isinstance(recipe, str) and recipe in RECIPES else recipe
     if not isinstance(recipe, Recipe):
         raise FeatvizError(f"unknown recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
@@ -126,7 +131,6 @@ def render(model: ModelOrganism, objective: Objective | str, *, size: int | None
                                        optimizer=optimizer).items() if v is not None}
     recipe = replace(recipe, **overrides)
     _check_settings(recipe, batch)
-    objective = as_objective(objective, model)
     size = int(size or model.input_size)
     if size < 16 or size > 4096:
         raise FeatvizError(f"size must be between 16 and 4096 px, got {size}")
@@ -221,6 +225,15 @@ def render(model: ModelOrganism, objective: Objective | str, *, size: int | None
     settings["seconds"] = round(time.perf_counter() - start, 3)
     settings["final_objective"] = result.history[-1] if result.history else None
     return result
+
+
+def auto_recipe(objective: Objective) -> str:
+    """The recipe ``auto`` stands for: multi-crop robustness for class objectives
+    (it is what makes class images recognisable by other networks), light jitter
+    and more steps for units (higher activation at the same time per unit)."""
+    from ..models.organism import LOGITS
+
+    return "default" if LOGITS in objective.layers else "sharp"
 
 
 def render_units(model: ModelOrganism, units: Sequence[tuple[str, int]], *, batch_size: int = 16, kind: str = "channel",
