@@ -74,22 +74,25 @@ def bare_fwd_bwd_time(model, layers, size, rows) -> float:
     return median_time(step)
 
 
-def section_overhead(model):
-    rows = []
-    views = featviz.optvis.transforms.get_spec(RECIPES["default"].transforms).views
-    for layer, spec, size in [("blocks.8", "blocks.8:12", 128), ("logits", "logit:309", 224)]:
-        render_t = render_step_time(model, spec, size)
-        bare_t = bare_fwd_bwd_time(model, [layer], size, rows=views)
-        rows.append((f"{spec} @ {size}px ({views} views)", render_t, bare_t, render_t / bare_t))
+def section_overhead(model, recipes):
+    from featviz.optvis.render import auto_recipe
+
     print("\n## Overhead: render step / bare forward+backward (same layers, batch and resolution); target <= 1.15")
-    for name, r, b, ratio in rows:
-        print(f"  {name:32s} render {r*1e3:7.1f} ms  bare {b*1e3:7.1f} ms  ratio {ratio:.3f}")
+    for name in recipes:
+        for layer, spec, size in [("blocks.8", "blocks.8:12", 128), ("logits", "logit:309", 224)]:
+            used = auto_recipe(O.parse(spec)) if name == "auto" else name
+            views = featviz.optvis.transforms.get_spec(RECIPES[used].transforms).views
+            render_t = render_step_time(model, spec, size, recipe=used)
+            bare_t = bare_fwd_bwd_time(model, [layer], size, rows=views)
+            print(f"  recipe {name:8s} {spec:12s} @ {size}px ({views} views)  render {render_t*1e3:7.1f} ms  "
+                  f"bare {bare_t*1e3:7.1f} ms  ratio {render_t / bare_t:.3f}")
 
 
 def section_truncation(model):
     size = 224
-    early = render_step_time(model, "blocks.2:5", size)
-    full = render_step_time(model, "logit:309", size)
+    # Same recipe for both, so only the depth differs.
+    early = render_step_time(model, "blocks.2:5", size, recipe="default")
+    full = render_step_time(model, "logit:309", size, recipe="default")
     print("\n## Truncation: early layer (blocks.2, first third) / full network, per step; target <= 0.5")
     print(f"  blocks.2 {early*1e3:.1f} ms  logits {full*1e3:.1f} ms  ratio {early/full:.3f}")
 
@@ -253,7 +256,7 @@ def main():
     sections = args.only.split(",")
     recipes = args.recipes.split(",")
     if "overhead" in sections:
-        section_overhead(model)
+        section_overhead(model, recipes)
     if "truncation" in sections:
         section_truncation(model)
     if "batch" in sections:
