@@ -43,7 +43,7 @@ CLASSES = {1: "goldfish", 9: "ostrich", 130: "flamingo", 207: "golden retriever"
 CHANNEL_LAYERS = ["blocks.2", "blocks.8", "blocks.14"]
 
 
-def median_time(fn, repeats: int = 15, warmup: int = 3) -> float:
+def median_time(fn, repeats: int = 30, warmup: int = 3) -> float:
     for _ in range(warmup):
         fn()
     times = []
@@ -54,7 +54,7 @@ def median_time(fn, repeats: int = 15, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
-def render_step_time(model, objective, size, batch=1, steps=12, **kw) -> float:
+def render_step_time(model, objective, size, batch=1, steps=40, **kw) -> float:
     """Median seconds per step of a real render (callback timestamps)."""
     stamps = []
     featviz.render(model, objective, size=size, batch=batch, steps=steps, callback=lambda s, v: stamps.append(

@@ -53,7 +53,7 @@ RECIPES = {
     # only a 2 px jitter and more steps (benchmarks/bench_render.py: channel ratio
     # 4.2 vs 3.0 for the default, at about the same time per unit when batched).
     # pad 2 + jitter 4 = shifts of ±2 px at the same size, so no resampling is needed.
-    "sharp": Recipe("sharp", steps=384, lr=0.05, transforms=TransformSpec("jitter2", pad=2, jitter=4)),
+    "sharp": Recipe("sharp", steps=512, lr=0.05, transforms=TransformSpec("jitter2", pad=2, jitter=4)),
     # Quick previews (tests, the microscope's quick mode).
     "quick": Recipe("quick", steps=32, lr=0.08),
 }
@@ -193,6 +193,7 @@ def render(model: ModelOrganism, objective: Objective | str, *, size: int | None
                 # Some image has no gradient at all: its unit sits behind a ReLU that is
                 # off everywhere on the grey start. Let gradients through those ReLUs
                 # (towards switching them on) until it fires, then run as usual.
+                redirect.install()
                 redirect.enabled = redirect.active = True
                 opt.zero_grad(set_to_none=True)
                 images = image_param()
@@ -337,7 +338,14 @@ class _RedirectedReLU:
     def __init__(self, model: ModelOrganism):
         self.active = self.enabled = False
         self.steps, self.handles = 0, []
-        for module in model.network.modules():
+        self.model = model
+
+    def install(self):
+        """Hook the ReLUs, only once a dead start is found: idle hooks on every ReLU
+        would cost a Python call each per forward pass."""
+        if self.handles:
+            return
+        for module in self.model.network.modules():
             if isinstance(module, (nn.ReLU, nn.ReLU6)):
                 hi = 6.0 if isinstance(module, nn.ReLU6) else float("inf")
                 self.handles.append(module.register_forward_hook(self._hook(hi)))
