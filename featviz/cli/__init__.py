@@ -31,7 +31,7 @@ def main():
 def _register() -> None:
     # Import order = order in --help. Each module adds its commands to ``main``.
     from . import models_cmd, render_cmd  # noqa: F401
-    for optional in ("examples_cmd", "attribute_cmd", "microscope_cmd"):
+    for optional in ("examples_cmd", "attribute_cmd", "microscope_cmd", "report_cmd"):
         try:
             __import__(f"{__name__}.{optional}")
         except ModuleNotFoundError as exc:

@@ -1,0 +1,103 @@
+"""``featviz report logits`` and ``featviz report causes``: experiments with figures and a Markdown page."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import FeatvizError
+from . import main
+from .common import device_option, load_model, model_argument, parse_range
+
+
+def _unit(spec: str) -> tuple[str, int]:
+    layer, sep, unit = spec.rpartition(":")
+    try:
+        if not sep or not layer:
+            raise ValueError
+        return layer, int(unit)
+    except ValueError:
+        raise FeatvizError(f"expected LAYER:UNIT such as blocks.8:12, got {spec!r}") from None
+
+
+def _classes(text: str) -> list[int]:
+    try:
+        return parse_range(text)
+    except click.BadParameter as exc:
+        raise FeatvizError(f"--classes: {exc.message}") from None
+
+
+def _positive(name: str, value: int) -> None:
+    if value < 1:
+        raise FeatvizError(f"{name} must be at least 1, got {value}")
+
+
+@main.group("report")
+def report():
+    """Reports: experiments on a real model, written as PNG figures, report.md and results.json."""
+
+
+@report.command("logits")
+@model_argument
+@click.option("--classes", default="9,130,309,980", show_default=True, help="class indices, e.g. 9,130 or 300-305")
+@click.option("--judge", default="efficientnet_lite1", show_default=True,
+              help="another network that measures transferability (top-5 of the target class)")
+@click.option("--size", type=int, default=160, show_default=True, help="render size in pixels")
+@click.option("--steps", type=int, default=64, show_default=True, help="optimization steps per image")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="output folder")
+@device_option
+def logits_cmd(model, classes, judge, size, steps, seed, out, device):
+    """Optimize each class's logit and its probability (same seed and budget), side by side, with
+    the target logit, target probability, mean of the other logits and the judge's top-5."""
+    from ..reports.logits import logits_report
+
+    cls = _classes(classes)
+    _positive("--steps", steps)
+    if size < 16:
+        raise FeatvizError(f"--size must be at least 16 px, got {size}")
+    organism = load_model(model, device)
+    res = logits_report(organism, cls, out, judge=judge, size=size, steps=steps, seed=seed,
+                        log=lambda m: click.echo(m, err=True))
+    for kind, s in res["summary"].items():
+        click.echo(f"{kind:5s}  target logit {s['mean_target_logit']:.2f}  prob {s['mean_target_prob']:.3f}  "
+                   f"other logits {s['mean_other_logits']:.2f}  {res['settings']['judge']} top-5 "
+                   f"{s['judge_top5']}/{s['n']}")
+    click.echo(f"wrote {Path(out) / 'report.md'}")
+
+
+@report.command("causes")
+@model_argument
+@click.argument("unit", metavar="LAYER:UNIT")
+@click.option("--store", type=click.Path(path_type=Path), required=True, help="examples store (featviz examples)")
+@click.option("--k", type=int, default=6, show_default=True, help="top dataset examples to test")
+@click.option("--steps", type=int, default=64, show_default=True, help="steps of the visualization")
+@click.option("--size", type=int, default=128, show_default=True, help="size of the visualization")
+@click.option("--mask-frac", type=float, default=0.25, show_default=True, help="masked area as a fraction of the image")
+@click.option("--method", default="saliency", show_default=True,
+              help="attribution method (saliency | smoothgrad | ig | gradcam | guided-gradcam)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="output folder")
+@device_option
+def causes_cmd(model, unit, store, k, steps, size, mask_frac, method, seed, out, device):
+    """The unit's visualization, its top dataset examples, and an ablation: its activation after
+    masking the attributed region vs a random region of the same size."""
+    from ..attribution.methods import canonical_method
+    from ..reports.causes import causes_report
+
+    layer, index = _unit(unit)
+    _positive("--k", k)
+    _positive("--steps", steps)
+    if size < 16:
+        raise FeatvizError(f"--size must be at least 16 px, got {size}")
+    if not 0 < mask_frac < 1:
+        raise FeatvizError(f"--mask-frac must be between 0 and 1, got {mask_frac}")
+    method = canonical_method(method)
+    organism = load_model(model, device)
+    res = causes_report(organism, layer, index, store, out, k=k, steps=steps, size=size, mask_frac=mask_frac,
+                        method=method, seed=seed, log=lambda m: click.echo(m, err=True))
+    s = res["summary"]
+    click.echo(f"{layer}:{index}  original {s['mean_original']:.3f}  attribution-masked "
+               f"{s['mean_attribution_masked']:.3f}  random-masked {s['mean_random_masked']:.3f}  "
+               f"(attribution drop larger on {s['attribution_drop_larger']}/{s['n']})")
+    click.echo(f"wrote {Path(out) / 'report.md'}")
