@@ -19,8 +19,6 @@ Weights are frozen (requires_grad False), as they are in featviz.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import subprocess
 import sys

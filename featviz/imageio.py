@@ -1,6 +1,7 @@
 """Reading and writing images: clear errors, settings in PNG metadata, grids, GIFs."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -64,18 +65,10 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
         write(tmp)
         os.replace(tmp, path)
     except BaseException:
-        with _ignore():
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     return path
-
-
-class _ignore:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return True
 
 
 def save_png(image, path, settings: dict[str, Any] | None = None) -> Path:

@@ -3,7 +3,6 @@ import math
 import pytest
 import torch
 
-import featviz
 from featviz.errors import FeatvizError, IndexOutOfRangeError, NonFiniteLossError, UnknownLayerError
 from featviz.imageio import read_settings
 from featviz.optvis import objectives as O

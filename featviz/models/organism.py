@@ -8,7 +8,6 @@ table of its layers (PyTorch dotted names, channels, spatial size).
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import FeatvizError, ImageReadError, IndexOutOfRangeError, UnknownLayerError, suggest
+from ..errors import FeatvizError, IndexOutOfRangeError, UnknownLayerError, suggest
 
 LOGITS = "logits"  # pseudo layer name for the network's final output
 
@@ -68,7 +67,7 @@ class ModelOrganism(nn.Module):
         self._modules_by_name = dict(self.network.named_modules())
         self._main_layer_names = list(main_layers) if main_layers else None
         self._table: list[LayerInfo] | None = None
-        self._order: dict[str, int] | None = None
+        self._index: dict[str, LayerInfo] = {}
 
     # -- input contract ---------------------------------------------------
     @property
@@ -122,9 +121,9 @@ class ModelOrganism(nn.Module):
         """Info on one layer; an unknown name raises with the nearest names."""
         if name == LOGITS:
             return LayerInfo(LOGITS, self.num_classes or -1, None, None, 10**9, "output")
-        for info in self._layer_table():
-            if info.name == name:
-                return info
+        info = self._layer_index().get(name)
+        if info is not None:
+            return info
         known = [i.name for i in self.layers()] + [i.name for i in self._layer_table()]
         raise UnknownLayerError(f"unknown layer '{name}' in {self.name}.{suggest(name, dict.fromkeys(known))}"
                                 f" ('featviz layers {self.name}' lists them)")
@@ -144,7 +143,12 @@ class ModelOrganism(nn.Module):
     def _layer_table(self) -> list[LayerInfo]:
         if self._table is None:
             self._table = _trace_layers(self.network, self.input_size, self.normalize)
+            self._index = {info.name: info for info in self._table}
         return self._table
+
+    def _layer_index(self) -> dict[str, LayerInfo]:
+        self._layer_table()
+        return self._index
 
     # -- activations ----------------------------------------------------------
     def activations(self, x: torch.Tensor, layers: Iterable[str]) -> dict[str, torch.Tensor]:

@@ -17,7 +17,7 @@ every image. Activations then hold ``crops * images`` rows, crop-major: row
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import torch

@@ -8,7 +8,6 @@ seed reproduces the image. Nothing is global: the device is the model's.
 """
 from __future__ import annotations
 
-import base64
 import io
 import math
 import time
@@ -168,6 +167,13 @@ def render(model: ModelOrganism, objective: Objective | str, *, size: int | None
     result = RenderResult(images=torch.empty(0), settings=settings)
     bar = _progress(recipe.steps, objective.description) if progress else None
     start = time.perf_counter()
+    def forward_backward():
+        """Make the images, take robust views, backpropagate the objective."""
+        opt.zero_grad(set_to_none=True)
+        images = image_param()
+        rgb = _composite(images, generator) if alpha else images
+        return images, _objective_backward(model, objective, augment(rgb, generator), batch, max_rows)
+
     last_good = None
     redirect = _RedirectedReLU(model)
     last_values = torch.zeros(batch)
@@ -178,11 +184,7 @@ def render(model: ModelOrganism, objective: Objective | str, *, size: int | None
             redirect.active = redirect.enabled and step <= recipe.steps // 2 and bool((last_values == 0).any())
             for group in opt.param_groups:
                 group["lr"] = recipe.lr * schedule(step - 1)
-            opt.zero_grad(set_to_none=True)
-            images = image_param()
-            rgb = _composite(images, generator) if alpha else images
-            views = augment(rgb, generator)
-            per_image = _objective_backward(model, objective, views, batch, max_rows)
+            images, per_image = forward_backward()
             loss = -per_image.sum()
             if not torch.isfinite(loss):
                 result.images = (last_good if last_good is not None else images.detach()).cpu()
@@ -195,10 +197,7 @@ def render(model: ModelOrganism, objective: Objective | str, *, size: int | None
                 # (towards switching them on) until it fires, then run as usual.
                 redirect.install()
                 redirect.enabled = redirect.active = True
-                opt.zero_grad(set_to_none=True)
-                images = image_param()
-                rgb = _composite(images, generator) if alpha else images
-                per_image = _objective_backward(model, objective, augment(rgb, generator), batch, max_rows)
+                images, per_image = forward_backward()
             opt.step()
             last_values = per_image.detach().cpu()
             if redirect.active:
