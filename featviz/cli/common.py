@@ -42,3 +42,20 @@ def parse_range(text: str) -> list[int]:
     if not out:
         raise click.BadParameter("no indices given")
     return out
+
+
+def engine_options(f):
+    """--engine local|ray and --address, for the commands that can run on a Ray cluster."""
+    from ..engine import ENGINES
+
+    f = click.option("--address", default=None,
+                     help="with --engine ray: the cluster to join, e.g. auto or ray://head:10001 "
+                          "(default: start Ray on this machine)")(f)
+    return click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
+                        help="where the work runs: this process, or Ray workers (pip install 'featviz[ray]')")(f)
+
+
+def make_engine(name: str, address: str | None):
+    from ..engine import get_engine
+
+    return get_engine(name, address)

@@ -10,7 +10,7 @@ import click
 from ..errors import FeatvizError
 from ..models import DEFAULT_MODEL, available
 from . import main
-from .common import device_option, load_model, model_argument
+from .common import device_option, engine_options, load_model, make_engine, model_argument
 
 
 def _unit(spec: str) -> tuple[str, int]:
@@ -40,8 +40,9 @@ def _unit(spec: str) -> tuple[str, int]:
 @click.option("--checkpoint-every", type=float, default=30.0, show_default=True, help="seconds between checkpoints")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar")
 @device_option
+@engine_options
 def examples_cmd(model, data_dir, layers, top, bottom, out, batch_size, size, shard, overwrite, workers,
-                 checkpoint_every, quiet, device):
+                 checkpoint_every, quiet, device, engine, address):
     """Dataset examples: for every unit of the chosen layers, the photos of DATA_DIR (searched
     recursively for jpg/png/webp) that excite it most and least, with receptive-field crops.
 
@@ -61,9 +62,10 @@ def examples_cmd(model, data_dir, layers, top, bottom, out, batch_size, size, sh
         click.echo("no DATA_DIR given: using the scikit-image demo photos", err=True)
     log = (lambda msg: click.echo(msg, err=True))
     try:
-        store = collect(organism, data_dir, layers, top, bottom=bottom, store=out, batch_size=batch_size, size=size,
-                        shard=shard, overwrite=overwrite, workers=workers, checkpoint_every=checkpoint_every,
-                        progress=not quiet, log=log)
+        with make_engine(engine, address) as runner:
+            store = collect(organism, data_dir, layers, top, bottom=bottom, store=out, batch_size=batch_size,
+                            size=size, shard=shard, overwrite=overwrite, workers=workers,
+                            checkpoint_every=checkpoint_every, progress=not quiet, log=log, engine=runner)
     except KeyboardInterrupt:
         click.echo(f"interrupted: progress is saved in {out}; run the same command again to continue", err=True)
         sys.exit(130)

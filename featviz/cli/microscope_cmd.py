@@ -8,7 +8,7 @@ import click
 
 from ..errors import FeatvizError
 from . import main
-from .common import device_option, load_model, model_argument, parse_range
+from .common import device_option, engine_options, load_model, make_engine, model_argument, parse_range
 
 
 def _units(text: str | None):
@@ -48,7 +48,9 @@ def microscope():
 @click.option("--seed", type=int, default=None, help="base seed (default 0)")
 @click.option("--quiet", "-q", is_flag=True, help="no progress lines")
 @device_option
-def build_cmd(model, data_dir, layers, units, out, steps, size, quick, batch_size, k, classes, seed, quiet, device):
+@engine_options
+def build_cmd(model, data_dir, layers, units, out, steps, size, quick, batch_size, k, classes, seed, quiet, device,
+              engine, address):
     """Build (or bring up to date) a microscope site for MODEL.
 
     Incremental and resumable: what is already built with the same settings is skipped,
@@ -64,7 +66,9 @@ def build_cmd(model, data_dir, layers, units, out, steps, size, quick, batch_siz
     if data_dir is None and not quiet:
         click.echo("no --data given: using the embedded demo photos", err=True)
     try:
-        report = build(organism, out, data_dir, quick=quick, log=log, progress=not quiet, **overrides)
+        with make_engine(engine, address) as runner:
+            report = build(organism, out, data_dir, quick=quick, log=log, progress=not quiet, engine=runner,
+                           **overrides)
     except KeyboardInterrupt:
         click.echo(f"interrupted: what is done is kept in {out}; run the same command again to continue", err=True)
         sys.exit(130)

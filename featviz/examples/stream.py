@@ -100,8 +100,8 @@ def weights_digest(model) -> str:
 def collect(model, data=None, layers=None, k: int = 10, *, bottom: int | None = None, store=None,
             batch_size: int | None = None, size: int | None = None, shard=None, overwrite: bool = False,
             workers: int | None = None, checkpoint_every: float = 30.0, checkpoint_batches: int | None = None,
-            crop_size: int = CROP_SIZE, progress: bool = False, device=None, log: Callable[[str], None] | None = None
-            ) -> ExampleStore:
+            crop_size: int = CROP_SIZE, progress: bool = False, device=None, log: Callable[[str], None] | None = None,
+            engine=None) -> ExampleStore:
     """Dataset examples of every unit of ``layers`` over the photos under ``data``.
 
     model: a ModelOrganism or a model name. data: a folder (searched
@@ -116,6 +116,9 @@ def collect(model, data=None, layers=None, k: int = 10, *, bottom: int | None = 
     size: input size (default the model's). shard: 'I/N' covers batches I,
     I+N, I+2N... of the whole folder (batches of ``batch_size`` files in
     sorted order); ``merge`` the N stores for the store of the whole.
+    engine: a distributed engine (``featviz.engine.get_engine("ray")``) splits
+    the folder into one shard per worker, runs them there and merges them here;
+    the store equals this process's, exactly.
     Returns the (complete) ``ExampleStore``.
     """
     from ..models import ModelOrganism, load
@@ -163,6 +166,13 @@ def collect(model, data=None, layers=None, k: int = 10, *, bottom: int | None = 
            "rf_method": RF_METHOD, "crop_size": crop_size, "torch": torch.__version__}
 
     _check_target(store_path)
+    if getattr(engine, "distributed", False):
+        if shard is not None:
+            raise FeatvizError("a shard (--shard) cannot be split again over an engine; give one or the other")
+        from .sharded import collect_sharded
+
+        return collect_sharded(engine, model, data, root, files, layers, top, bottom, size, batch_size, settings,
+                               store_path, overwrite, crop_size, say)
     lock = _lock(store_path)
     try:
         return _collect(model, root, files, ids, held, layers, top, bottom, size, batch_size, settings, run,

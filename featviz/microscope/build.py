@@ -19,11 +19,13 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from ..engine import Job, LocalEngine
 from ..errors import FeatvizError
 from ..imageio import atomic_write, save_png, to_pil
 from . import classes as cls
@@ -52,6 +54,8 @@ class BuildReport:
     seconds: Counter = field(default_factory=Counter)       # phase -> seconds
     batches: int = 0
     elapsed: float = 0.0
+    render_wall: float = 0.0                                # seconds from the first render job to the last
+    engine: str = "local"
 
     @property
     def units_rendered(self) -> int:
@@ -59,7 +63,8 @@ class BuildReport:
         return self.made["channel"]
 
     def units_per_minute(self) -> float | None:
-        t = sum(self.seconds[k] for k in (*RENDER_KINDS, DIVERSITY))
+        """Units rendered per minute of wall time of the render phase (all panels of a unit count)."""
+        t = self.render_wall
         return 60.0 * self.units_rendered / t if t and self.units_rendered else None
 
     def summary(self) -> str:
@@ -68,7 +73,8 @@ class BuildReport:
         rate = self.units_per_minute()
         rate = f", {rate:.1f} units/min of rendering" if rate else ""
         return (f"{self.model}: {len(self.layers)} layers, {self.units} units; made {made}; {skipped} panels "
-                f"already up to date; {self.batches} render batches in {self.elapsed:.1f} s{rate}. "
+                f"already up to date; {self.batches} render batches in {self.elapsed:.1f} s{rate} "
+                f"({self.engine}). "
                 f"Open {self.site / 'index.html'}")
 
 
@@ -86,7 +92,7 @@ def resolve_settings(data=None, quick: bool | None = None, settings: BuildSettin
 
 def build(model="efficientnet_lite0", out: str | os.PathLike = "microscope", data=None, *, quick: bool | None = None,
           settings: BuildSettings | None = None, device=None, log: Callable[[str], None] | None = None,
-          progress: bool = False, **overrides) -> BuildReport:
+          progress: bool = False, engine=None, **overrides) -> BuildReport:
     """Build or update the microscope site ``out`` for ``model``.
 
     model: a name (``featviz.models.load``) or a ModelOrganism. data: a folder of
@@ -94,6 +100,9 @@ def build(model="efficientnet_lite0", out: str | os.PathLike = "microscope", dat
     scikit-image). With no data and ``quick`` not False, the quick preset
     (3 layers x 8 units, 32 steps, 96 px). Overrides: any ``BuildSettings`` field,
     e.g. ``layers=["blocks.8"], units=16, steps=64, size=128``.
+    engine: where the renders and the examples pass run (``featviz.engine.get_engine``; default
+    this process). Whatever the engine, the seeds are fixed per batch before it is sent and only
+    this process writes the site, so the result is the same.
     Returns a ``BuildReport``; rerunning skips what is up to date.
     """
     from ..models import ModelOrganism, load
@@ -121,22 +130,23 @@ def build(model="efficientnet_lite0", out: str | os.PathLike = "microscope", dat
     lock = _SiteLock(site)
     try:
         with Manifest(site) as man:
-            return _Builder(model, site, man, s, layers, plan, class_list, data, say, progress).run()
+            return _Builder(model, site, man, s, layers, plan, class_list, data, say, progress,
+                            engine or LocalEngine()).run()
     finally:
         lock.close()
 
 
 class _Builder:
     def __init__(self, model, site: Path, man: Manifest, s: BuildSettings, layers, plan, class_list, data, say,
-                 progress):
+                 progress, engine):
         from ..examples.stream import weights_digest
 
         self.model, self.site, self.man, self.s = model, site, man, s
         self.layers, self.plan, self.class_list, self.data = layers, plan, class_list, data
-        self.say, self.progress = say, progress
+        self.say, self.progress, self.engine = say, progress, engine
         self.slug = slug(model.name)
         self.model_id = {"name": model.name, "weights": weights_digest(model)}
-        self.report = BuildReport(site, model.name, layers, sum(len(v) for v in plan.values()))
+        self.report = BuildReport(site, model.name, layers, sum(len(v) for v in plan.values()), engine=engine.name)
 
     # -- helpers -------------------------------------------------------------------------------------
     def rel(self, *parts) -> str:
@@ -169,22 +179,37 @@ class _Builder:
         t0 = time.perf_counter()
         s, model = self.s, self.model
         self.say(f"building {self.site} for {model.name}: layers {', '.join(self.layers)}; "
-                 f"{self.report.units} units; {s.steps} steps at {s.size} px ({s.preset} preset)")
+                 f"{self.report.units} units; {s.steps} steps at {s.size} px ({s.preset} preset); "
+                 f"{self.engine.describe()}")
         self.man.set_model(self.slug, self.model_info())
         install_static(self.site)
         store = self.examples()
+        try:
+            for layer in self.layers:
+                units = self.plan[layer]
+                self.examples_panels(store, layer, units)
+                self.classes_panels(store, layer, units)
+                write_pages(self.site, self.man, self.slug, layers=[layer])
+        finally:
+            store.close()
+        # Every render of the build, in the order the local engine runs them (layer by layer).
+        work: list[_Work] = []
         for layer in self.layers:
             units = self.plan[layer]
-            self.examples_panels(store, layer, units)
-            self.classes_panels(store, layer, units)
-            for kind in RENDER_KINDS:
-                self.render_panels(layer, units, kind)
-            self.diversity_panels(layer, units)
-            self.dream(layer)
-            write_pages(self.site, self.man, self.slug, layers=[layer])
-        self.class_vis()
+            for kind in (*RENDER_KINDS, DIVERSITY):
+                work += self.unit_jobs(layer, units, kind)
+            work += self.dream_jobs(layer)
+        work += self.class_jobs()
+        left = Counter(w.layer for w in work)
+        t = time.perf_counter()
+        for done in self.engine.run(model, [w.job for w in work]):
+            w = work[done.index]
+            w.finish(done.result, done.seconds)
+            left[w.layer] -= 1
+            if w.layer is not None and not left[w.layer]:
+                write_pages(self.site, self.man, self.slug, layers=[w.layer])
+        self.report.render_wall = time.perf_counter() - t
         write_pages(self.site, self.man, self.slug)
-        store.close()
         self.report.elapsed = time.perf_counter() - t0
         return self.report
 
@@ -227,7 +252,8 @@ class _Builder:
         self.say(f"dataset examples of {', '.join(wanted)} over "
                  f"{self.data if self.data is not None else 'the embedded demo photos'}")
         store = collect(self.model, self.data, wanted, self.s.k, store=path, size=self.s.examples_size,
-                        overwrite=True, checkpoint_every=10.0, progress=self.progress, log=self.say)
+                        overwrite=True, checkpoint_every=10.0, progress=self.progress, log=self.say,
+                        engine=self.engine)
         self.report.seconds["examples"] += time.perf_counter() - t
         return store
 
@@ -284,29 +310,47 @@ class _Builder:
         return torch.stack(out) if out else torch.empty(0, 3, self.model.input_size, self.model.input_size)
 
     # -- renders ------------------------------------------------------------------------------------------------------
-    def render_panels(self, layer: str, units: list[int], kind: str) -> None:
+    # Each render batch is a Job for the engine (run here or on Ray workers) plus a finisher that the
+    # driver calls with its result: it alone writes the PNGs and commits the manifest.
+    def unit_jobs(self, layer: str, units: list[int], kind: str) -> list[_Work]:
+        """One job per batch of ``units`` that still needs the ``kind`` panel (render kinds or diversity)."""
         h, settings = self.hash_of(kind)
-        planned = chunks(units, self.s.batch_size)
+        planned = chunks(units, self.s.diversity_batch if kind == DIVERSITY else self.s.batch_size)
+        work = []
         for bi, batch in enumerate(planned):
             todo = self.missing(layer, batch, kind, h)
             if not todo:
                 continue
             seed = batch_seed(h, layer, batch[0])
-            t = time.perf_counter()
-            results = visuals.render_kind(self.model, kind, [(layer, u) for u in todo], self.s, seed)
-            panels = []
-            for u, (image, value) in zip(todo, results):
-                meta = {"panel": kind, "layer": layer, "unit": u, "settings": settings, "seed": seed, "batch": todo}
+            pairs = [(layer, u) for u in todo]
+            job = (Job(visuals.render_diversity, (pairs, self.s, seed)) if kind == DIVERSITY
+                   else Job(visuals.render_kind, (kind, pairs, self.s, seed)))
+            label = f"{layer}: {kind} of units {_span(todo)} (batch {bi + 1}/{len(planned)})"
+            work.append(_Work(job, partial(self._finish_units, kind, layer, todo, seed, settings, h, label), layer))
+        return work
+
+    def _finish_units(self, kind, layer, todo, seed, settings, h, label, results, seconds) -> None:
+        panels = []
+        for u, res in zip(todo, results):
+            meta = {"panel": kind, "layer": layer, "unit": u, "settings": settings, "seed": seed, "batch": todo}
+            info = {"seed": seed, "batch": todo}
+            if kind == DIVERSITY:
+                files = [self.save(img, self.unit_rel(layer, u, f"diversity-{j}.png"), meta | {"index": j})
+                         for j, img in enumerate(res)]
+            else:
+                image, value = res
                 files = [self.save(image, self.unit_rel(layer, u, f"{kind}.png"), meta)]
                 if kind == "channel":
                     files.append(self._thumb(image, self.unit_rel(layer, u, "thumb.jpg")))
-                panels.append(Panel(self.slug, layer, u, kind, h, tuple(files),
-                                    {"value": round(value, 4), "seed": seed, "batch": todo}))
-            dt = time.perf_counter() - t
-            self.report.seconds[kind] += dt
-            self.report.batches += 1
-            self.commit(panels, kind, pages=(layer, [(layer, u) for u in todo]))
-            self.say(f"{layer}: {kind} of units {_span(todo)} (batch {bi + 1}/{len(planned)}) in {dt:.1f} s")
+                info = {"value": round(value, 4)} | info
+            panels.append(Panel(self.slug, layer, u, kind, h, tuple(files), info))
+        self._account(kind, seconds)
+        self.commit(panels, kind, pages=(layer, [(layer, u) for u in todo]))
+        self.say(f"{label} in {seconds:.1f} s")
+
+    def _account(self, kind: str, seconds: float) -> None:
+        self.report.seconds[kind] += seconds
+        self.report.batches += 1
 
     def _thumb(self, image: torch.Tensor, rel: str) -> str:
         from PIL import Image
@@ -315,64 +359,54 @@ class _Builder:
         atomic_write(self.site / rel, lambda tmp: pic.save(tmp, format="JPEG", quality=JPEG_QUALITY))
         return rel
 
-    def diversity_panels(self, layer: str, units: list[int]) -> None:
-        h, settings = self.hash_of(DIVERSITY)
-        planned = chunks(units, self.s.diversity_batch)
-        for bi, batch in enumerate(planned):
-            todo = self.missing(layer, batch, DIVERSITY, h)
-            if not todo:
-                continue
-            seed = batch_seed(h, layer, batch[0])
-            t = time.perf_counter()
-            images = visuals.render_diversity(self.model, [(layer, u) for u in todo], self.s, seed)
-            panels = []
-            for u, imgs in zip(todo, images):
-                meta = {"panel": DIVERSITY, "layer": layer, "unit": u, "settings": settings, "seed": seed,
-                        "batch": todo}
-                files = tuple(self.save(img, self.unit_rel(layer, u, f"diversity-{j}.png"), meta | {"index": j})
-                              for j, img in enumerate(imgs))
-                panels.append(Panel(self.slug, layer, u, DIVERSITY, h, files, {"seed": seed, "batch": todo}))
-            dt = time.perf_counter() - t
-            self.report.seconds[DIVERSITY] += dt
-            self.report.batches += 1
-            self.commit(panels, DIVERSITY, pages=(layer, [(layer, u) for u in todo]))
-            self.say(f"{layer}: diversity of units {_span(todo)} (batch {bi + 1}/{len(planned)}) in {dt:.1f} s")
-
-    def dream(self, layer: str) -> None:
+    def dream_jobs(self, layer: str) -> list[_Work]:
         h, settings = self.hash_of(DREAM)
         if self.man.current(self.slug, layer, -1, DREAM, h):
             self.report.skipped[DREAM] += 1
-            return
+            return []
         seed = batch_seed(h, layer)
-        t = time.perf_counter()
-        image = visuals.render_dream(self.model, layer, self.s, seed)
+        return [_Work(Job(visuals.render_dream, (layer, self.s, seed)),
+                      partial(self._finish_dream, layer, seed, settings, h), layer)]
+
+    def _finish_dream(self, layer, seed, settings, h, image, seconds) -> None:
         rel = self.save(image, self.rel(layer_dir(layer), "dream.png"),
                         {"panel": DREAM, "layer": layer, "settings": settings, "seed": seed})
-        self.report.seconds[DREAM] += time.perf_counter() - t
-        self.report.batches += 1
+        self._account(DREAM, seconds)
         self.commit([Panel(self.slug, layer, -1, DREAM, h, (rel,), {"seed": seed})], DREAM)
-        self.say(f"{layer}: DeepDream in {time.perf_counter() - t:.1f} s")
+        self.say(f"{layer}: DeepDream in {seconds:.1f} s")
 
-    def class_vis(self) -> None:
+    def class_jobs(self) -> list[_Work]:
         if not self.class_list:
-            return
+            return []
         h, settings = self.hash_of(CLASS_VIS, {"classes": self.class_list})
         todo = [c for c in self.class_list if not self.man.current(self.slug, "", c, CLASS_VIS, h)]
         self.report.skipped[CLASS_VIS] += len(self.class_list) - len(todo)
+        work = []
         for batch in chunks(todo, self.s.batch_size):
             seed = batch_seed(h, batch[0])
-            t = time.perf_counter()
-            images = visuals.render_classes(self.model, batch, self.s, seed)
-            panels = []
-            for c, img in zip(batch, images):
-                rel = self.save(img, self.rel(CLASSES_DIR, f"{c:04d}.png"),
-                                {"panel": CLASS_VIS, "class": c, "label": self.model.label(c), "settings": settings,
-                                 "seed": seed})
-                panels.append(Panel(self.slug, "", c, CLASS_VIS, h, (rel,), {"label": self.model.label(c)}))
-            self.report.seconds[CLASS_VIS] += time.perf_counter() - t
-            self.report.batches += 1
-            self.commit(panels, CLASS_VIS)
-            self.say(f"class visualizations {', '.join(map(str, batch))} in {time.perf_counter() - t:.1f} s")
+            work.append(_Work(Job(visuals.render_classes, (batch, self.s, seed)),
+                              partial(self._finish_classes, batch, seed, settings, h), None))
+        return work
+
+    def _finish_classes(self, batch, seed, settings, h, images, seconds) -> None:
+        panels = []
+        for c, img in zip(batch, images):
+            rel = self.save(img, self.rel(CLASSES_DIR, f"{c:04d}.png"),
+                            {"panel": CLASS_VIS, "class": c, "label": self.model.label(c), "settings": settings,
+                             "seed": seed})
+            panels.append(Panel(self.slug, "", c, CLASS_VIS, h, (rel,), {"label": self.model.label(c)}))
+        self._account(CLASS_VIS, seconds)
+        self.commit(panels, CLASS_VIS)
+        self.say(f"class visualizations {', '.join(map(str, batch))} in {seconds:.1f} s")
+
+
+@dataclass
+class _Work:
+    """A render job and what the driver does with its result (``finish(result, seconds)``)."""
+
+    job: Job
+    finish: Callable[[object, float], None]
+    layer: str | None  # whose pages to rewrite when all its work is done (None: the model page)
 
 
 def examples_info(store, model_slug: str, layer: str, unit: int) -> tuple[dict, list[str]]:

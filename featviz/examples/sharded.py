@@ -1,0 +1,134 @@
+"""The dataset-examples pass split over the workers of an engine (Ray).
+
+The folder is cut into one shard per worker with the same rule as ``--shard
+I/N`` (batch j goes to shard j mod N), each worker streams its shard into a
+store of its own in a temporary folder and sends it back packed as a tar; the
+driver unpacks the parts into a staging folder beside the store and merges
+them. Shards and merge are exact (see ``stream``), so the store equals one
+made in a single process, digest for digest.
+
+Resumable at shard granularity: a part is moved into the staging folder only
+once complete, and a rerun with the same settings sends only the missing
+shards. The workers read the photos themselves: on a cluster the data folder
+must be visible at the same path on every node (a shared filesystem).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+
+from ..engine import Job
+from ..errors import FeatvizError
+from ..imageio import atomic_write
+from .store import DB_NAME, ExampleStore, merge
+
+PLAN = "plan.json"
+
+
+def collect_sharded(engine, model, data, root: Path, files, layers, top, bottom, size, batch_size, settings,
+                    store_path: Path, overwrite: bool, crop_size: int, say) -> ExampleStore:
+    """``collect`` over ``engine``'s workers (called by ``collect(..., engine=...)``)."""
+    from .stream import LOCK, _describe_diff, _lock
+
+    if ExampleStore.exists(store_path):
+        with ExampleStore(store_path) as old:
+            same, complete, old_settings = old.settings == settings, old.complete, old.settings
+        if same and complete:
+            say(f"store {store_path} is already complete")
+            return ExampleStore(store_path)
+        if not same and not overwrite:
+            raise FeatvizError(f"the store {store_path} was made with other settings "
+                               f"({_describe_diff(old_settings, settings)}); pass --overwrite to start it over, "
+                               "or choose another --out")
+    n_batches = -(-len(files) // batch_size)
+    n = max(1, min(engine.workers, n_batches))
+    staging = store_path.parent / f".{store_path.name}.shards"
+    staging.mkdir(parents=True, exist_ok=True)
+    lock = _lock(staging)
+    try:
+        plan = {"settings": settings, "shards": n}
+        plan_file = staging / PLAN
+        if not plan_file.exists() or json.loads(plan_file.read_text(encoding="utf-8")) != plan:
+            for child in staging.iterdir():  # parts of another plan are of no use
+                if child.name != LOCK:
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            atomic_write(plan_file, lambda tmp: Path(tmp).write_text(json.dumps(plan), encoding="utf-8"))
+        todo = [i for i in range(n) if not (staging / str(i) / DB_NAME).exists()]
+        say(f"dataset examples on the {engine.describe()}: {n} shards of {root}"
+            + (f", {n - len(todo)} already done" if len(todo) < n else ""))
+        data_arg = None if data is None else str(root.resolve())
+        jobs = [Job(collect_shard, (data_arg, layers, top, bottom, size, batch_size, i, n, crop_size)) for i in todo]
+        for done in engine.run(model, jobs):
+            i = todo[done.index]
+            _unpack(done.result, staging / str(i))
+            say(f"examples shard {i + 1}/{n} done in {done.seconds:.1f} s")
+        parts = [staging / str(i) for i in range(n)]
+        if store_path.exists():  # an older or unfinished store (only featviz's files: checked by collect)
+            shutil.rmtree(store_path)
+        if n == 1:
+            os.replace(parts[0], store_path)
+        else:
+            merge(parts, store_path).close()
+        result = ExampleStore(store_path)
+    finally:
+        lock.close()
+    if result.settings != settings:
+        result.close()
+        raise FeatvizError(f"the workers saw other files under {root} than this process; on a cluster the data "
+                           "folder must be readable at the same path on every node")
+    shutil.rmtree(staging, ignore_errors=True)
+    return result
+
+
+def collect_shard(model, data, layers, top, bottom, size, batch_size, index, count, crop_size) -> bytes:
+    """Runs on a worker: shard ``index``/``count`` into a temporary store, returned as tar bytes."""
+    from .stream import collect
+
+    tmp = Path(tempfile.mkdtemp(prefix="featviz-shard-"))
+    try:
+        try:
+            store = collect(model, data, layers, top, bottom=bottom, store=tmp / "store", batch_size=batch_size,
+                            size=size, shard=f"{index}/{count}", crop_size=crop_size, checkpoint_every=1e9)
+        except FeatvizError as exc:
+            raise FeatvizError(f"{exc} (on a worker: the data folder must be readable there at the same path)") \
+                from None
+        store.close()
+        return _pack(tmp / "store")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pack(folder: Path) -> bytes:
+    from .stream import LOCK
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path in sorted(folder.rglob("*")):
+            if path.name != LOCK:
+                tar.add(path, arcname=path.relative_to(folder).as_posix(), recursive=False)
+    return buf.getvalue()
+
+
+def _unpack(data: bytes, dest: Path) -> None:
+    """Unpack a part into ``dest`` atomically (a half-unpacked part is never taken for a done one)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(tmp, filter="data")
+            else:  # Python without extraction filters: check the names ourselves
+                for member in tar.getmembers():
+                    if member.name.startswith(("/", "..")) or ".." in Path(member.name).parts:
+                        raise FeatvizError(f"refusing to unpack {member.name!r} from a worker")
+                tar.extractall(tmp)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
