@@ -1,4 +1,4 @@
-"""``featviz report logits`` and ``featviz report causes``: experiments with figures and a Markdown page."""
+"""``featviz report logits|causes|transfer``: experiments with figures and a Markdown page."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -101,3 +101,69 @@ def causes_cmd(model, unit, store, k, steps, size, mask_frac, method, seed, out,
                f"{s['mean_attribution_masked']:.3f}  random-masked {s['mean_random_masked']:.3f}  "
                f"(attribution drop larger on {s['attribution_drop_larger']}/{s['n']})")
     click.echo(f"wrote {Path(out) / 'report.md'}")
+
+
+@report.command("transfer")
+@model_argument
+@click.argument("data_dir", required=False, type=click.Path(path_type=Path))
+@click.option("--layers", default=None, help="comma-separated layers (default: 8 evenly spaced along the depth); "
+              "'pixels' is the input pooled to 8x8")
+@click.option("--size", type=int, default=None, help="image side fed to the networks "
+              "[default: 160 for the demo task, the model's input size for DATA_DIR]")
+@click.option("--per-class", type=int, default=None, help="demo task: images per class [default: 48]; "
+              "DATA_DIR: at most this many per class [default: all]")
+@click.option("--folds", type=int, default=5, show_default=True, help="cross-validation folds")
+@click.option("--seed", type=int, default=0, show_default=True, help="demo data, folds, random init and renders")
+@click.option("--pixels/--no-pixels", default=True, show_default=True, help="also probe the raw pixels")
+@click.option("--pictures/--no-pictures", default=True, show_default=True,
+              help="channel visualizations along the depth (about a minute on a CPU)")
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="output folder")
+@click.option("--site", type=click.Path(path_type=Path), default=None,
+              help="also put the report into this microscope site (built for MODEL), linked from the model page")
+@device_option
+def transfer_cmd(model, data_dir, layers, size, per_class, folds, seed, pixels, pictures, out, site, device):
+    """Linear-probe accuracy along the depth on a task the model was not trained on (DATA_DIR: one
+    sub-folder of images per class; without it, an offline demo task of shapes on textures), for the
+    trained network and a randomly initialised copy."""
+    from ..reports.transfer import row_line, transfer_report
+
+    if folds < 2:
+        raise FeatvizError(f"--folds must be at least 2, got {folds}")
+    if per_class is not None:
+        _positive("--per-class", per_class)
+    if size is not None and not 32 <= size <= 1024:
+        raise FeatvizError(f"--size must be between 32 and 1024 px, got {size}")
+    names = [l.strip() for l in layers.split(",") if l.strip()] if layers is not None else None
+    if names is not None and not names:
+        raise FeatvizError("--layers: no layer given")
+    if data_dir is not None and not data_dir.is_dir():
+        raise FeatvizError(f"data folder not found: {data_dir} (it should hold one sub-folder of images per class)")
+    organism = load_model(model, device)
+    if site is not None:
+        _check_site(site, organism.name)
+    if data_dir is None:
+        click.echo("no DATA_DIR given: using the offline demo task (shapes on textures)", err=True)
+    res = transfer_report(organism, data_dir, out, layers=names, size=size, per_class=per_class, folds=folds,
+                          seed=seed, pixels=pixels, pictures=pictures, log=lambda m: click.echo(m, err=True))
+    click.echo(f"chance {res['chance']:.3f}")
+    for r in res["rows"]:
+        click.echo(row_line(r))
+    click.echo(f"wrote {Path(out) / 'report.md'}")
+    if site is not None:
+        from ..microscope.pages import add_report
+
+        click.echo(f"added to the microscope: {site / add_report(site, out)}")
+
+
+def _check_site(site: Path, model_name: str) -> None:
+    """Fail before the work, not after it, if the site cannot take the report."""
+    from ..microscope.manifest import Manifest
+    from ..microscope.settings import MANIFEST_NAME, slug
+
+    if not (site / MANIFEST_NAME).is_file():
+        raise FeatvizError(f"no microscope at {site}: build one with `featviz microscope build {model_name} "
+                           f"--out {site}`")
+    with Manifest(site, create=False, readonly=True) as man:
+        if man.model(slug(model_name)) is None:
+            raise FeatvizError(f"the microscope at {site} has no {model_name}: build it with "
+                               f"`featviz microscope build {model_name} --out {site}`")

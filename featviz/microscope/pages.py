@@ -11,13 +11,16 @@ any static web server, or ``featviz serve``)::
     SITE/<model>/_examples/               the dataset-example store (crops and images)
     SITE/<model>/<layer>/index.html       grid of all units, DeepDream of the layer
     SITE/<model>/<layer>/<unit>/index.html   a unit: visualizations, examples, classes
+    SITE/<model>/_reports/<name>/index.html   a report (``featviz report ... --site``), linked from the model page
 
 Pages depend only on the manifest, so equal manifests give byte-equal pages.
 """
 from __future__ import annotations
 
+import hashlib
 import html
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -27,8 +30,11 @@ from string import Template
 from ..imageio import atomic_write
 from .classes import describe
 from .manifest import Manifest, Panel
-from .settings import (CLASS_VIS, CLASSES, CLASSES_DIR, DIVERSITY, DREAM, EXAMPLES, STATIC_DIR, slug)
+from .settings import (CLASS_VIS, CLASSES, CLASSES_DIR, DIVERSITY, DREAM, EXAMPLES, MANIFEST_NAME, STATIC_DIR,
+                       slug)
 
+REPORT = "report:"      # panel kind prefix of reports: report:transfer
+REPORTS_DIR = "_reports"
 VIS_PX = 192      # display size of a unit's main visualizations (CSS px)
 DIV_PX = 120      # of each diversity image
 EX_PX = 96        # of a dataset example
@@ -110,6 +116,11 @@ class ModelView:
 
     def classes(self) -> list[int]:
         return sorted(unit for (layer, unit, kind) in self.panels if layer == "" and kind == CLASS_VIS)
+
+    def reports(self) -> list[Panel]:
+        """Report panels (``report:<name>``), by name."""
+        return sorted((p for (layer, _u, kind), p in self.panels.items() if layer == "" and kind.startswith(REPORT)),
+                      key=lambda p: p.panel)
 
 
 def layer_dir(layer: str) -> str:
@@ -374,16 +385,26 @@ def model_page(view: ModelView) -> str:
     root = "../"
     built = set(view.built_layers())
     rows = []
+    reports = view.reports()
+    # The transfer report's probe accuracies go beside the layers they were measured on.
+    probe = next((p.info.get("layers") for p in reports if p.panel == REPORT + "transfer"), None) or {}
+    probe_link = f"{REPORTS_DIR}/transfer/index.html"
     for l in view.layer_table():
         name = l["name"]
         size = f"{l['height']}&times;{l['width']}" if l.get("height") else "&ndash;"
         n = len([u for u in view.built_units(name)])
         link = f'<a href="{layer_dir(name)}/index.html">{e(name)}</a>' if name in built else \
             f'<a class="unbuilt" href="{layer_dir(name)}/index.html" data-unbuilt="1">{e(name)}</a>' if l.get("height") else e(name)
+        acc = ""
+        if probe:
+            acc = "".join(f'<td class="num">{"" if v is None else f"{v:.3f}"}</td>'
+                          for v in (probe.get(name) or [None, None])[:2])
         rows.append(f'<tr{" class=built" if name in built else ""}><td>{link}</td><td class="num">{l["channels"]}</td>'
-                    f'<td class="num">{size}</td><td class="num">{n or ""}</td></tr>')
+                    f'<td class="num">{size}</td><td class="num">{n or ""}</td>{acc}</tr>')
+    probe_head = (f'<th><a href="{probe_link}" title="linear-probe accuracy on a new task (featviz report transfer)">'
+                  f'probe, trained</a></th><th>probe, random init</th>') if probe else ""
     table = ('<table class="layers"><thead><tr><th>layer</th><th>channels</th><th>positions</th><th>units built</th>'
-             f'</tr></thead><tbody>{"".join(rows)}</tbody></table>')
+             f'{probe_head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
     figs = []
     for c in view.classes():
         p = view.panel("", c, CLASS_VIS)
@@ -395,13 +416,19 @@ def model_page(view: ModelView) -> str:
         classes = (f'<section id="classes"><h2>Class visualizations</h2><p class="caption">Images optimized to '
                    f'maximize one class logit each: what the network as a whole takes for that class.</p>'
                    f'<div class="figs">{"".join(figs)}</div></section>')
+    report_items = "".join(
+        f'<li><a href="{REPORTS_DIR}/{e(p.panel[len(REPORT):])}/index.html">{e(p.info.get("title", p.panel))}</a>'
+        f' <span class="sub">{e(p.info.get("summary", ""))}</span></li>' for p in reports)
+    report_section = (f'<section id="reports"><h2>Reports</h2><p class="caption">Experiments on this network '
+                      f'(<code>featviz report ... --site</code>), with their settings and figures.</p>'
+                      f'<ul class="reports">{report_items}</ul></section>') if reports else ""
     info = view.info
     parts = [f"<h1>{e(view.name)}</h1>",
              f'<p class="sub">input {info.get("input_size")}&times;{info.get("input_size")} RGB &middot; '
              f'{len(view.layer_table())} layers &middot; {info.get("num_classes") or "no"} classes</p>',
              f'<section id="layers"><h2>Layers</h2><p class="caption">The main layers in the order the network runs '
              f'them, with their number of channels (units) and spatial size at the input size. Built layers link to '
-             f'their units.</p>{table}</section>', classes]
+             f'their units.</p>{table}</section>', report_section, classes]
     crumbs = f'<a href="{root}index.html">microscope</a> / <b>{e(view.name)}</b>'
     return _page(title=f"{view.name} - microscope", root=root, page="model", body="\n".join(parts), crumbs=crumbs,
                  model=view.slug, scripts='<script src="model.js"></script>', footer=_settings_line(view.info))
@@ -447,3 +474,127 @@ def write_pages(site: Path, manifest: Manifest, model_slug: str, layers=None, un
     for layer, u in units:
         changed += write_if_changed(base / layer_dir(layer) / str(u) / "index.html", unit_page(view, layer, u))
     return changed
+
+
+# -- reports ------------------------------------------------------------------------------------------------
+def _inline(text: str) -> str:
+    """Escape, then the inline Markdown the reports use: images, links, `code`, **bold**."""
+    out = e(text, quote=False)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    out = re.sub(r"!\[([^\]]*)\]\(([^)\s]+)\)",
+                 lambda m: f'<img src="{e(m.group(2))}" alt="{e(m.group(1))}" loading="lazy">', out)
+    out = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", lambda m: f'<a href="{e(m.group(2))}">{m.group(1)}</a>', out)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", out)
+
+
+def markdown_html(text: str) -> str:
+    """The Markdown subset that report.md files are written in (headings, paragraphs, bullet
+    lists, pipe tables, images, inline code, bold, links) as HTML."""
+    blocks: list[str] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].rstrip()
+        if not line.strip():
+            i += 1
+            continue
+        heading = re.match(r"(#{1,4}) (.*)", line)
+        if heading:
+            level = len(heading.group(1))
+            blocks.append(f"<h{level}>{_inline(heading.group(2))}</h{level}>")
+            i += 1
+        elif line.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                cells = [c.strip() for c in lines[i].strip().strip("|").split("|")]
+                if not all(re.fullmatch(r":?-{3,}:?", c) for c in cells):
+                    rows.append(cells)
+                i += 1
+            head, body = rows[0], rows[1:]
+            blocks.append('<table class="layers report"><thead><tr>' + "".join(f"<th>{_inline(c)}</th>" for c in head)
+                          + "</tr></thead><tbody>" + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r)
+                                                            + "</tr>" for r in body) + "</tbody></table>")
+        elif re.fullmatch(r"!\[[^\]]*\]\([^)\s]+\)", line.strip()):
+            blocks.append(f'<figure class="panel wide">{_inline(line.strip())}</figure>')
+            i += 1
+        elif line.startswith("- "):
+            items = []
+            while i < len(lines) and lines[i].startswith(("- ", "  ")) and lines[i].strip():
+                if lines[i].startswith("- "):
+                    items.append(lines[i][2:].strip())
+                else:
+                    items[-1] += " " + lines[i].strip()
+                i += 1
+            blocks.append("<ul>" + "".join(f"<li>{_inline(t)}</li>" for t in items) + "</ul>")
+        else:
+            para = []
+            while (i < len(lines) and lines[i].strip() and not lines[i].startswith(("|", "#", "- "))
+                   and not re.fullmatch(r"!\[[^\]]*\]\([^)\s]+\)", lines[i].strip())):
+                para.append(lines[i].strip())
+                i += 1
+            blocks.append(f"<p>{_inline(' '.join(para))}</p>")
+    return "\n".join(blocks)
+
+
+def report_page(view: ModelView, name: str, markdown: str) -> str:
+    root = "../../../"
+    crumbs = (f'<a href="{root}index.html">microscope</a> / <a href="../../index.html">{e(view.name)}</a> / '
+              f'report <b>{e(name)}</b>')
+    files = ('<p class="caption">Files: <a href="report.md">report.md</a> &middot; '
+             '<a href="results.json">results.json</a> (every measured number)</p>')
+    return _page(title=f"{name} report - {view.name}", root=root, page="report", body=markdown_html(markdown) + files,
+                 crumbs=crumbs, model=view.slug, scripts='<script src="../../model.js"></script>')
+
+
+def _report_summary(results: dict) -> tuple[str, dict]:
+    """A one-line summary for the model page, and per-layer numbers to show in its layer table."""
+    s = results.get("summary") or {}
+    if results.get("report") == "transfer" and s.get("trained"):
+        tr, rn = s["trained"], s["random"]
+        layers = {r["layer"]: [r["trained"]["accuracy"], (r.get("random") or {}).get("accuracy")]
+                  for r in results.get("rows", [])}
+        return (f"linear probes on a new task ({len(results['data']['classes'])} classes); best layer: trained "
+                f"{tr['peak_layer']} ({tr['peak_accuracy']:.3f}), random init {rn['peak_layer']} "
+                f"({rn['peak_accuracy']:.3f}); chance {results['chance']:.3f}"), layers
+    return "", {}
+
+
+def add_report(site, report_dir) -> str:
+    """Put a report folder (``report.md``, ``results.json``, its figures) into the microscope at
+    ``site``, under its model: ``SITE/<model>/_reports/<name>/`` with an HTML page, a panel in
+    the manifest, and a link (and, for ``transfer``, the probe accuracies in the layer table) on
+    the model page. The model must already be in the site. Returns the page's path relative to
+    the site."""
+    from ..errors import FeatvizError
+
+    site, report_dir = Path(site), Path(report_dir)
+    try:
+        results = json.loads((report_dir / "results.json").read_text(encoding="utf-8"))
+        markdown = (report_dir / "report.md").read_text(encoding="utf-8")
+        name, model = results["report"], results["settings"]["model"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise FeatvizError(f"{report_dir} is not a finished report (report.md and results.json): {exc}") from None
+    if not (site / MANIFEST_NAME).is_file():
+        raise FeatvizError(f"no microscope at {site}: build one with `featviz microscope build {model} --out {site}`")
+    model_slug = slug(model)
+    with Manifest(site) as man:
+        if man.model(model_slug) is None:
+            raise FeatvizError(f"the microscope at {site} has no {model}: build it with "
+                               f"`featviz microscope build {model} --out {site}`")
+        base = f"{model_slug}/{REPORTS_DIR}/{slug(name)}"
+        files, digest = [], hashlib.sha256()
+        for path in sorted(p for p in report_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            rel = path.relative_to(report_dir).as_posix()
+            data = path.read_bytes()
+            digest.update(rel.encode() + b"\0" + data)
+            write_if_changed(site / base / rel, data)
+            files.append(f"{base}/{rel}")
+        view = ModelView.load(man, model_slug)
+        write_if_changed(site / base / "index.html", report_page(view, name, markdown))
+        files.append(f"{base}/index.html")
+        title = markdown.lstrip().splitlines()[0].lstrip("# ").strip() if markdown.strip() else name
+        summary, layers = _report_summary(results)
+        man.put([Panel(model_slug, "", -1, REPORT + name, digest.hexdigest()[:16], tuple(files),
+                       {"title": title, "summary": summary, "layers": layers})])
+        write_pages(site, man, model_slug, layers=[])
+    return f"{base}/index.html"

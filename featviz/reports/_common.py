@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..errors import FeatvizError
 from ..imageio import atomic_write
 
 
@@ -36,7 +37,11 @@ def write_text(path: Path, text: str) -> Path:
 
 def pyplot():
     """matplotlib.pyplot on the Agg backend (no display needed)."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise FeatvizError("the reports draw their figures with matplotlib, which is not installed: "
+                           "pip install 'featviz[reports]'") from None
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt

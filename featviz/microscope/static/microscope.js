@@ -22,7 +22,7 @@
   }
 
   function page_(path) { return served ? path : path + "index.html"; }
-  function modelBase() { return page === "model" ? "" : page === "layer" ? "../" : page === "unit" ? "../../" : null; }
+  function modelBase() { return page === "model" ? "" : page === "layer" ? "../" : page === "unit" || page === "report" ? "../../" : null; }
   function findLayer(name) {
     if (!M) { return null; }
     for (var i = 0; i < M.layers.length; i++) { if (M.layers[i][0] === name) { return M.layers[i]; } }
