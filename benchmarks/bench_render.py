@@ -72,18 +72,30 @@ def bare_fwd_bwd_time(model, layers, size, rows) -> float:
     return median_time(step)
 
 
-def section_overhead(model, recipes):
+def paired_ratios(numerator, denominator, repeats: int) -> tuple[float, float, float, list[float]]:
+    """Median and range of numerator()/denominator() over ``repeats`` pairs measured back to back
+    (the VM's speed drifts by ~10 % over minutes; a pair sees the same drift)."""
+    ratios, nums = [], []
+    for _ in range(repeats):
+        n, d = numerator(), denominator()
+        nums.append(n)
+        ratios.append(n / d)
+    return statistics.median(ratios), min(ratios), max(ratios), nums
+
+
+def section_overhead(model, recipes, repeats):
     from featviz.optvis.render import auto_recipe
 
     print("\n## Overhead: render step / bare forward+backward (same layers, batch and resolution); target <= 1.15")
+    print(f"  (median of {repeats} back-to-back pairs, range in brackets)")
     for name in recipes:
         for layer, spec, size in [("blocks.8", "blocks.8:12", 128), ("logits", "logit:309", 224)]:
             used = auto_recipe(O.parse(spec)) if name == "auto" else name
             views = featviz.optvis.transforms.get_spec(RECIPES[used].transforms).views
-            render_t = render_step_time(model, spec, size, recipe=used)
-            bare_t = bare_fwd_bwd_time(model, [layer], size, rows=views)
-            print(f"  recipe {name:8s} {spec:12s} @ {size}px ({views} views)  render {render_t*1e3:7.1f} ms  "
-                  f"bare {bare_t*1e3:7.1f} ms  ratio {render_t / bare_t:.3f}")
+            med, lo, hi, times = paired_ratios(lambda: render_step_time(model, spec, size, recipe=used),
+                                               lambda: bare_fwd_bwd_time(model, [layer], size, rows=views), repeats)
+            print(f"  recipe {name:8s} {spec:12s} @ {size}px ({views} views)  render {statistics.median(times)*1e3:7.1f} ms"
+                  f"  ratio {med:.3f} [{lo:.3f}-{hi:.3f}]")
 
 
 def section_truncation(model):
@@ -95,16 +107,22 @@ def section_truncation(model):
     print(f"  blocks.2 {early*1e3:.1f} ms  logits {full*1e3:.1f} ms  ratio {early/full:.3f}")
 
 
-def section_batch(model, recipes):
+def section_batch(model, recipes, repeats):
     size = 128
     units = [("blocks.8", c) for c in range(16)]
     print("\n## Batching: per-unit time at batch 16 / batch 1 (128 px, blocks.8); target <= 0.6")
+    print(f"  (median of {repeats} back-to-back pairs, range in brackets; 'network alone' = the same ratio for "
+          "the bare forward+backward, the floor a render can reach)")
+    med, lo, hi, _ = paired_ratios(lambda: bare_fwd_bwd_time(model, ["blocks.8"], size, rows=16) / 16,
+                                   lambda: bare_fwd_bwd_time(model, ["blocks.8"], size, rows=1), repeats)
+    print(f"  network alone: ratio {med:.3f} [{lo:.3f}-{hi:.3f}]")
     for name in recipes:
-        one = render_step_time(model, O.batched_channels(units[:1]), size, batch=1, recipe=name)
-        sixteen = render_step_time(model, O.batched_channels(units), size, batch=16, recipe=name)
         views = featviz.optvis.transforms.get_spec(RECIPES["sharp" if name == "auto" else name].transforms).views
-        print(f"  recipe {name:8s} ({views} views/image): batch 1 {one*1e3:.1f} ms/unit/step  "
-              f"batch 16 {sixteen/16*1e3:.1f} ms/unit/step  ratio {sixteen/16/one:.3f}")
+        med, lo, hi, times = paired_ratios(
+            lambda: render_step_time(model, O.batched_channels(units), size, batch=16, recipe=name) / 16,
+            lambda: render_step_time(model, O.batched_channels(units[:1]), size, batch=1, recipe=name), repeats)
+        print(f"  recipe {name:8s} ({views} views/image): batch 16 {statistics.median(times)*1e3:.1f} ms/unit/step  "
+              f"ratio {med:.3f} [{lo:.3f}-{hi:.3f}]")
 
 
 def section_memory(model):
@@ -242,6 +260,7 @@ def main():
     parser.add_argument("--only", default="overhead,truncation,batch,memory,channels,classes")
     parser.add_argument("--recipes", default="auto", help="auto = default (multi-crop) for classes, sharp for units")
     parser.add_argument("--channel-batch", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=5, help="back-to-back pairs per timing ratio")
     parser.add_argument("--kinds", default="logit,prob")
     parser.add_argument("--out", default=str(CACHE))
     args = parser.parse_args()
@@ -254,11 +273,11 @@ def main():
     sections = args.only.split(",")
     recipes = args.recipes.split(",")
     if "overhead" in sections:
-        section_overhead(model, recipes)
+        section_overhead(model, recipes, args.repeats)
     if "truncation" in sections:
         section_truncation(model)
     if "batch" in sections:
-        section_batch(model, recipes)
+        section_batch(model, recipes, args.repeats)
     if "memory" in sections:
         section_memory(model)
     if "channels" in sections:

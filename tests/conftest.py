@@ -50,3 +50,15 @@ def photos():
     from skimage import data
 
     return {name: getattr(data, name)() for name in ("chelsea", "coffee", "astronaut", "rocket", "coins")}
+
+
+def empty_site(path, organism):
+    """A microscope site that knows ``organism`` and nothing else (what a build records first)."""
+    from featviz.microscope.manifest import Manifest
+
+    with Manifest(path) as man:
+        man.set_model(organism.name, {"name": organism.name, "input_size": organism.input_size,
+                                      "num_classes": organism.num_classes, "labels": None,
+                                      "layers": [{"name": l.name, "channels": l.channels, "height": l.height,
+                                                  "width": l.width} for l in organism.layers()]})
+    return path

@@ -169,18 +169,12 @@ def test_transfer_bad_input(tmp_path, args, needle):
 
 @pytest.mark.slow
 def test_cli_on_a_folder_writes_the_report(tmp_path, lite0):
-    from featviz.microscope.manifest import Manifest
+    from conftest import empty_site
 
     data = _folder(tmp_path / "data", per_class=4)
     (data / "ring" / "broken.jpg").write_bytes(b"\xff\xd8 nope")
     out = tmp_path / "rep"
-    # a microscope site that knows the model (what `featviz microscope build` records first)
-    site = tmp_path / "site"
-    with Manifest(site) as man:
-        man.set_model("efficientnet_lite0", {"name": "efficientnet_lite0", "input_size": 224, "num_classes": 1000,
-                                             "labels": None, "layers": [{"name": l.name, "channels": l.channels,
-                                                                         "height": l.height, "width": l.width}
-                                                                        for l in lite0.layers()]})
+    site = empty_site(tmp_path / "site", lite0)
     res = _invoke("report", "transfer", "efficientnet_lite0", data, "--layers", "blocks.2,stem", "--size", 64,
                   "--folds", 2, "--seed", 3, "-o", out, "--site", site)
     assert res.exit_code == 0, res.output

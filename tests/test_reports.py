@@ -93,14 +93,20 @@ def test_logits_report_measures_the_images(tmp_path, lite0):
 def test_causes_report_ablation_is_recomputable(tmp_path, lite0):
     from featviz.attribution import attribute
     from featviz.examples import collect
+    from featviz.microscope.settings import slug
     from featviz.reports.causes import attributed_box, load_example, mask_square, unit_activation
+    from conftest import empty_site
 
     store = collect(lite0, None, ["blocks.8"], k=4, store=tmp_path / "s")
     layer, unit = "blocks.8", 5
     out = tmp_path / "causes"
+    site = empty_site(tmp_path / "site", lite0)
     res = _invoke("report", "causes", "efficientnet_lite0", f"{layer}:{unit}", "--store", tmp_path / "s",
-                  "--k", 2, "--steps", 4, "--size", 64, "--out", out)
+                  "--k", 2, "--steps", 4, "--size", 64, "--out", out, "--site", site)
     assert res.exit_code == 0, res.output
+    page = site / "efficientnet_lite0" / "_reports" / slug(f"causes-{layer}-{unit}") / "index.html"
+    assert page.is_file() and (page.parent / "causes.png").is_file()
+    assert slug(f"causes-{layer}-{unit}") in (site / "efficientnet_lite0" / "index.html").read_text()
     for name in ("causes.png", "causes_plot.png", "report.md", "results.json", "visualization.png"):
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())

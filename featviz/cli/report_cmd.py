@@ -32,6 +32,18 @@ def _positive(name: str, value: int) -> None:
         raise FeatvizError(f"{name} must be at least 1, got {value}")
 
 
+site_option = click.option("--site", type=click.Path(path_type=Path), default=None,
+                           help="also put the report into this microscope site (built for MODEL), linked from the "
+                                "model page")
+
+
+def _publish(site: Path | None, out: Path) -> None:
+    if site is not None:
+        from ..microscope.pages import add_report
+
+        click.echo(f"added to the microscope: {site / add_report(site, out)}")
+
+
 @main.group("report")
 def report():
     """Reports: experiments on a real model, written as PNG figures, report.md and results.json."""
@@ -46,8 +58,9 @@ def report():
 @click.option("--steps", type=int, default=64, show_default=True, help="optimization steps per image")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="output folder")
+@site_option
 @device_option
-def logits_cmd(model, classes, judge, size, steps, seed, out, device):
+def logits_cmd(model, classes, judge, size, steps, seed, out, site, device):
     """Optimize each class's logit and its probability (same seed and budget), side by side, with
     the target logit, target probability, mean of the other logits and the judge's top-5."""
     from ..reports.logits import logits_report
@@ -57,6 +70,8 @@ def logits_cmd(model, classes, judge, size, steps, seed, out, device):
     if size < 16:
         raise FeatvizError(f"--size must be at least 16 px, got {size}")
     organism = load_model(model, device)
+    if site is not None:
+        _check_site(site, organism.name)
     res = logits_report(organism, cls, out, judge=judge, size=size, steps=steps, seed=seed,
                         log=lambda m: click.echo(m, err=True))
     for kind, s in res["summary"].items():
@@ -64,6 +79,7 @@ def logits_cmd(model, classes, judge, size, steps, seed, out, device):
                    f"other logits {s['mean_other_logits']:.2f}  {res['settings']['judge']} top-5 "
                    f"{s['judge_top5']}/{s['n']}")
     click.echo(f"wrote {Path(out) / 'report.md'}")
+    _publish(site, out)
 
 
 @report.command("causes")
@@ -78,8 +94,9 @@ def logits_cmd(model, classes, judge, size, steps, seed, out, device):
               help="attribution method (saliency | smoothgrad | ig | gradcam | guided-gradcam)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="output folder")
+@site_option
 @device_option
-def causes_cmd(model, unit, store, k, steps, size, mask_frac, method, seed, out, device):
+def causes_cmd(model, unit, store, k, steps, size, mask_frac, method, seed, out, site, device):
     """The unit's visualization, its top dataset examples, and an ablation: its activation after
     masking the attributed region vs a random region of the same size."""
     from ..attribution.methods import canonical_method
@@ -94,6 +111,8 @@ def causes_cmd(model, unit, store, k, steps, size, mask_frac, method, seed, out,
         raise FeatvizError(f"--mask-frac must be between 0 and 1, got {mask_frac}")
     method = canonical_method(method)
     organism = load_model(model, device)
+    if site is not None:
+        _check_site(site, organism.name)
     res = causes_report(organism, layer, index, store, out, k=k, steps=steps, size=size, mask_frac=mask_frac,
                         method=method, seed=seed, log=lambda m: click.echo(m, err=True))
     s = res["summary"]
@@ -101,6 +120,7 @@ def causes_cmd(model, unit, store, k, steps, size, mask_frac, method, seed, out,
                f"{s['mean_attribution_masked']:.3f}  random-masked {s['mean_random_masked']:.3f}  "
                f"(attribution drop larger on {s['attribution_drop_larger']}/{s['n']})")
     click.echo(f"wrote {Path(out) / 'report.md'}")
+    _publish(site, out)
 
 
 @report.command("transfer")
@@ -118,8 +138,7 @@ def causes_cmd(model, unit, store, k, steps, size, mask_frac, method, seed, out,
 @click.option("--pictures/--no-pictures", default=True, show_default=True,
               help="channel visualizations along the depth (about a minute on a CPU)")
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="output folder")
-@click.option("--site", type=click.Path(path_type=Path), default=None,
-              help="also put the report into this microscope site (built for MODEL), linked from the model page")
+@site_option
 @device_option
 def transfer_cmd(model, data_dir, layers, size, per_class, folds, seed, pixels, pictures, out, site, device):
     """Linear-probe accuracy along the depth on a task the model was not trained on (DATA_DIR: one
@@ -149,10 +168,7 @@ def transfer_cmd(model, data_dir, layers, size, per_class, folds, seed, pixels, 
     for r in res["rows"]:
         click.echo(row_line(r))
     click.echo(f"wrote {Path(out) / 'report.md'}")
-    if site is not None:
-        from ..microscope.pages import add_report
-
-        click.echo(f"added to the microscope: {site / add_report(site, out)}")
+    _publish(site, out)
 
 
 def _check_site(site: Path, model_name: str) -> None:

@@ -572,6 +572,8 @@ def add_report(site, report_dir) -> str:
         results = json.loads((report_dir / "results.json").read_text(encoding="utf-8"))
         markdown = (report_dir / "report.md").read_text(encoding="utf-8")
         name, model = results["report"], results["settings"]["model"]
+        if name == "causes":  # one report per unit
+            name = f"causes-{results['settings']['layer']}-{results['settings']['unit']}"
     except (OSError, ValueError, KeyError) as exc:
         raise FeatvizError(f"{report_dir} is not a finished report (report.md and results.json): {exc}") from None
     if not (site / MANIFEST_NAME).is_file():

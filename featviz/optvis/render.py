@@ -185,11 +185,14 @@ def render(model: ModelOrganism, objective: Objective | str, *, size: int | None
             for group in opt.param_groups:
                 group["lr"] = recipe.lr * schedule(step - 1)
             images, per_image = forward_backward()
-            loss = -per_image.sum()
-            if not torch.isfinite(loss):
+            # One device-to-host copy per step (each one waits for the GPU): the values serve the
+            # NaN check, the history and the dead-unit test.
+            last_values = per_image.detach().cpu()
+            value = float(last_values.sum())
+            if not math.isfinite(value):
                 result.images = (last_good if last_good is not None else images.detach()).cpu()
                 raise NonFiniteLossError(
-                    f"the objective became {loss.item()} at step {step} ({objective.description}); "
+                    f"the objective became {value} at step {step} ({objective.description}); "
                     "try a lower --lr or another objective")
             if step == 1 and _dead_images(image_param, batch):
                 # Some image has no gradient at all: its unit sits behind a ReLU that is
@@ -198,12 +201,12 @@ def render(model: ModelOrganism, objective: Objective | str, *, size: int | None
                 redirect.install()
                 redirect.enabled = redirect.active = True
                 images, per_image = forward_backward()
+                last_values = per_image.detach().cpu()
+                value = float(last_values.sum())
             opt.step()
-            last_values = per_image.detach().cpu()
             if redirect.active:
                 redirect.steps += 1
                 settings["redirected_relu_steps"] = redirect.steps
-            value = float(per_image.sum())
             result.history.append(value)
             last_good = images.detach()
             if step in thresholds:
