@@ -12,6 +12,8 @@ Sections:
   channels    12 channels over blocks.2/8/14 at 128 px: activation reached / best over the photos
   classes     10 classes at 224 px, logit and probability objectives, judged by lite1, lite2
               and the independent MobileNetV2 (TFLite) in ../shared/judges
+  throughput  (only when asked: --only throughput [--device cuda]) units per second of complete
+              unit renders at 128 and 224 px, batch 1, 16 and 64
 
 The photo-based sections need ../shared/imagenet-samples (and ../shared/judges, ai-edge-litert).
 Weights are frozen (requires_grad False), as they are in featviz.
@@ -255,6 +257,19 @@ def section_classes(model, recipes, out_dir, kinds=("logit", "prob")):
             print(f"  recipe {name:8s} {kind:5s} ({per_class:.1f} s/class): {summary}   [top-1/top-5]")
 
 
+def section_throughput(model, batches, sizes):
+    """Units per second of complete unit renders (the ``auto`` recipe for units, its full step count),
+    from the median step time of a 20-step run per configuration."""
+    recipe = RECIPES["sharp"]
+    print(f"\n## Throughput on {model.device}: units per second, channel renders of blocks.8 with the `auto` unit "
+          f"recipe ({recipe.steps} steps)")
+    for size in sizes:
+        for batch in batches:
+            units = [("blocks.8", c % model.layer("blocks.8").channels) for c in range(batch)]
+            step = render_step_time(model, O.batched_channels(units), size, batch=batch, steps=20, recipe="sharp")
+            print(f"  {size:4d} px  batch {batch:3d}: {step*1e3:8.1f} ms/step  {batch / (step * recipe.steps):7.2f} units/s")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="overhead,truncation,batch,memory,channels,classes")
@@ -263,11 +278,14 @@ def main():
     parser.add_argument("--repeats", type=int, default=5, help="back-to-back pairs per timing ratio")
     parser.add_argument("--kinds", default="logit,prob")
     parser.add_argument("--out", default=str(CACHE))
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default cpu)")
+    parser.add_argument("--throughput-batches", default="1,16,64")
+    parser.add_argument("--throughput-sizes", default="128,224")
     args = parser.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    model = featviz.load("efficientnet_lite0")
+    model = featviz.load("efficientnet_lite0", device=args.device)
     print(f"featviz {featviz.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"device {model.device}")
     sections = args.only.split(",")
@@ -284,6 +302,9 @@ def main():
         section_channels(model, recipes, args.channel_batch, out_dir)
     if "classes" in sections:
         section_classes(model, recipes, out_dir, args.kinds.split(","))
+    if "throughput" in sections:  # not in the default list: batch 64 at 224 px takes minutes on a CPU
+        section_throughput(model, [int(b) for b in args.throughput_batches.split(",")],
+                           [int(v) for v in args.throughput_sizes.split(",")])
 
 
 if __name__ == "__main__":
