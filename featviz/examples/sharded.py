@@ -59,7 +59,7 @@ def collect_sharded(engine, model, data, root: Path, files, layers, top, bottom,
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
             atomic_write(plan_file, lambda tmp: Path(tmp).write_text(json.dumps(plan), encoding="utf-8"))
         todo = [i for i in range(n) if not (staging / str(i) / DB_NAME).exists()]
-        say(f"dataset examples on the {engine.describe()}: {n} shards of {root}"
+        say(f"dataset examples on the {engine.describe()}: {n} shard{'s' if n > 1 else ''} of {root}"
             + (f", {n - len(todo)} already done" if len(todo) < n else ""))
         data_arg = None if data is None else str(root.resolve())
         jobs = [Job(collect_shard, (data_arg, layers, top, bottom, size, batch_size, i, n, crop_size)) for i in todo]
