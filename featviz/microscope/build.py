@@ -54,7 +54,7 @@ class BuildReport:
     seconds: Counter = field(default_factory=Counter)       # phase -> seconds
     batches: int = 0
     elapsed: float = 0.0
-    render_wall: float = 0.0                                # seconds from the first render job to the last
+    render_wall: float = 0.0                                # seconds of the engine phase (attribution, renders)
     engine: str = "local"
 
     @property
@@ -184,16 +184,17 @@ class _Builder:
         self.man.set_model(self.slug, self.model_info())
         install_static(self.site)
         store = self.examples()
+        # Every job of the build, in the order the local engine runs them: the classes of each layer's
+        # units (where they need attribution), then the renders layer by layer, then the class images.
+        work: list[_Work] = []
         try:
             for layer in self.layers:
                 units = self.plan[layer]
                 self.examples_panels(store, layer, units)
-                self.classes_panels(store, layer, units)
+                work += self.classes_panels(store, layer, units)
                 write_pages(self.site, self.man, self.slug, layers=[layer])
         finally:
             store.close()
-        # Every render of the build, in the order the local engine runs them (layer by layer).
-        work: list[_Work] = []
         for layer in self.layers:
             units = self.plan[layer]
             for kind in (*RENDER_KINDS, DIVERSITY):
@@ -270,44 +271,53 @@ class _Builder:
         self.commit(panels, EXAMPLES)
 
     # -- classes pushed up / down ---------------------------------------------------------------------------------
-    def classes_panels(self, store, layer: str, units: list[int]) -> None:
+    def classes_panels(self, store, layer: str, units: list[int]) -> list[_Work]:
+        """Through the weights when the layer feeds the classifier linearly (exact, cheap: done here);
+        else by attribution over each unit's top examples, as jobs for the engine."""
         if not self.model.num_classes:
-            return
-        t = time.perf_counter()
+            return []
         readout = cls.linear_readout(self.model, layer)
         if readout is not None:
-            weight, name = readout
             h, _ = self.hash_of(CLASSES, {"method": cls.WEIGHTS})
         else:
             ex_settings = {k: v for k, v in store.settings.items() if k != "layers"}
             h, _ = self.hash_of(CLASSES, {"method": cls.ATTRIBUTION, "store": digest(ex_settings),
                                           "images": ATTRIBUTION_IMAGES})
         todo = self.missing(layer, units, CLASSES, h)
+        work = []
         for part in chunks(todo, 16):
             if readout is not None:
-                effects = weight[:, part].T
-                meta = {"method": cls.WEIGHTS, "detail": name}
+                t = time.perf_counter()
+                weight, name = readout
+                self._finish_classes_panels(layer, part, h, {"method": cls.WEIGHTS, "detail": name}, weight[:, part].T,
+                                            time.perf_counter() - t)
             else:
-                images = [self._example_tensors(store, layer, u) for u in part]
-                effects = cls.logit_effects_attribution(self.model, layer, part, images)
+                # The example crops travel as bytes (uint8), a quarter of their float size.
+                images = [self._example_pixels(store, layer, u) for u in part]
                 meta = {"method": cls.ATTRIBUTION, "n_images": ATTRIBUTION_IMAGES}
-            panels = []
-            for u, row in zip(part, effects):
-                up, down = cls.top_classes(self.model, row, self.s.top_classes)
-                panels.append(Panel(self.slug, layer, u, CLASSES, h, (), meta | {"up": up, "down": down}))
-            self.commit(panels, CLASSES)
-        self.report.seconds[CLASSES] += time.perf_counter() - t
+                work.append(_Work(Job(attribution_effects, (layer, part, images)),
+                                  partial(self._finish_classes_panels, layer, part, h, meta), layer))
+        return work
 
-    def _example_tensors(self, store, layer: str, unit: int) -> torch.Tensor:
+    def _finish_classes_panels(self, layer, part, h, meta, effects, seconds) -> None:
+        panels = []
+        for u, row in zip(part, effects):
+            up, down = cls.top_classes(self.model, row, self.s.top_classes)
+            panels.append(Panel(self.slug, layer, u, CLASSES, h, (), meta | {"up": up, "down": down}))
+        self.report.seconds[CLASSES] += seconds
+        self.commit(panels, CLASSES)
+
+    def _example_pixels(self, store, layer: str, unit: int) -> torch.Tensor:
+        """(k, 3, H, W) uint8: the unit's top example images as stored."""
         import numpy as np
         from PIL import Image
 
         out = []
         for ex in store.top(layer, unit, k=ATTRIBUTION_IMAGES):
             with Image.open(ex.image_file) as img:
-                arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-            out.append(torch.from_numpy(arr).permute(2, 0, 1).contiguous())
-        return torch.stack(out) if out else torch.empty(0, 3, self.model.input_size, self.model.input_size)
+                out.append(torch.from_numpy(np.asarray(img.convert("RGB"))).permute(2, 0, 1).contiguous())
+        return torch.stack(out) if out else torch.empty(0, 3, self.model.input_size, self.model.input_size,
+                                                        dtype=torch.uint8)
 
     # -- renders ------------------------------------------------------------------------------------------------------
     # Each render batch is a Job for the engine (run here or on Ray workers) plus a finisher that the
@@ -407,6 +417,11 @@ class _Work:
     job: Job
     finish: Callable[[object, float], None]
     layer: str | None  # whose pages to rewrite when all its work is done (None: the model page)
+
+
+def attribution_effects(model, layer: str, units: list[int], pixels: list[torch.Tensor]) -> torch.Tensor:
+    """A job: the logit effects of ``units`` by attribution over their example images (uint8)."""
+    return cls.logit_effects_attribution(model, layer, units, [p.float() / 255.0 for p in pixels])
 
 
 def examples_info(store, model_slug: str, layer: str, unit: int) -> tuple[dict, list[str]]:
