@@ -153,7 +153,8 @@ def render(model: ModelOrganism, objective: Objective | str, *, size: int | None
     # efficiency past ~16 rows at 128 px, GPUs want big batches.
     max_rows = max_rows or (16 if device.type == "cpu" else 512)
     opt_cls = OPTIMIZERS[recipe.optimizer]
-    opt = opt_cls(image_param.parameters(), lr=recipe.lr)
+    opt = _optimizer(opt_cls, list(image_param.parameters()), recipe.lr)
+    params = [q for group in opt.param_groups for q in group["params"]]
     schedule = _schedule(recipe)
     thresholds = set(int(t) for t in thresholds)
     if snapshot_every:
@@ -169,7 +170,8 @@ def render(model: ModelOrganism, objective: Objective | str, *, size: int | None
     start = time.perf_counter()
     def forward_backward():
         """Make the images, take robust views, backpropagate the objective."""
-        opt.zero_grad(set_to_none=True)
+        for q in params:  # what zero_grad(set_to_none=True) does, without its profiler bookkeeping
+            q.grad = None
         images = image_param()
         rgb = _composite(images, generator) if alpha else images
         return images, _objective_backward(model, objective, augment(rgb, generator), batch, max_rows)
@@ -376,6 +378,15 @@ def _composite(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor
     noise = torch.nn.functional.interpolate(noise, size=images.shape[-2:], mode="bilinear", align_corners=False)
     background = 0.5 * colour + 0.5 * noise
     return rgb * a + background * (1 - a)
+
+
+def _optimizer(opt_cls, params: list, lr: float) -> torch.optim.Optimizer:
+    """The fused implementation where torch has one for this optimizer and device (one pass over
+    the parameters instead of about ten), else the default."""
+    try:
+        return opt_cls(params, lr=lr, fused=True)
+    except (TypeError, RuntimeError, ValueError):
+        return opt_cls(params, lr=lr)
 
 
 def _schedule(recipe: Recipe) -> Callable[[int], float]:
