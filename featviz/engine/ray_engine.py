@@ -1,6 +1,6 @@
 """The Ray engine: jobs run as Ray tasks; each worker process holds the model once.
 
-The model goes into Ray's object store once per ``run``. Tasks get a reference
+The model goes into Ray's object store once (again only if its weights change). Tasks get a reference
 to it wrapped in a list (Ray would otherwise fetch and unpickle the model for
 every task) and a key; a worker keeps the model of the last key it saw, so a
 worker that runs fifty batches loads the network once. A task asks for one GPU
@@ -17,6 +17,7 @@ little work.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import time
 import uuid
@@ -68,6 +69,16 @@ def _to_cpu(obj):
     return obj
 
 
+def _model_key(model) -> str:
+    """Changes when anything a job could see changes: weights, normalization, input size, name."""
+    from ..examples.stream import weights_digest
+
+    parts = [getattr(model, "name", type(model).__name__), weights_digest(model) if hasattr(model, "network") else
+             uuid.uuid4().hex, repr(getattr(model, "mean", None)), repr(getattr(model, "std", None)),
+             repr(getattr(model, "input_size", None))]
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:32]
+
+
 class RayEngine:
     """Runs jobs as Ray tasks on a cluster (``address``) or on a Ray started on this machine.
 
@@ -103,6 +114,7 @@ class RayEngine:
         else:
             self.workers = max(1, int(float(resources.get("CPU", 1)) // max(self.cpus_per_task, 1e-9)))
         self.max_in_flight = max_in_flight or 2 * self.workers
+        self._shipped: tuple[list, str] | None = None
         self._task = ray.remote(_run_job).options(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task,
                                                   max_retries=max_retries, retry_exceptions=False)
 
@@ -115,11 +127,7 @@ class RayEngine:
         ray = self._ray
         if not jobs:
             return
-        shipped = model
-        if str(getattr(model, "device", "cpu")) != "cpu":
-            shipped = copy.deepcopy(model).to("cpu")  # a worker without a GPU must be able to unpickle it
-        box = [ray.put(shipped)]
-        key = uuid.uuid4().hex
+        box, key = self._ship(model)
         waiting = list(enumerate(jobs))[::-1]
         pending: dict = {}
         try:
@@ -138,6 +146,17 @@ class RayEngine:
                     ray.cancel(ref)
                 except Exception:
                     pass
+
+    def _ship(self, model) -> tuple[list, str]:
+        """The model in the object store, once per engine and state of the model: a build's examples
+        pass and its renders share it, and workers keep it loaded from one to the other."""
+        key = _model_key(model)
+        if self._shipped is None or self._shipped[1] != key:
+            shipped = model
+            if str(getattr(model, "device", "cpu")) != "cpu":
+                shipped = copy.deepcopy(model).to("cpu")  # a worker without a GPU must be able to unpickle it
+            self._shipped = ([self._ray.put(shipped)], key)
+        return self._shipped
 
     def _get(self, ref):
         ray = self._ray
