@@ -8,8 +8,8 @@
    the whole build's wall time. The local engine uses torch's threads in one process; Ray runs
    one task per CPU with one thread each.
 2. Scheduling overhead per batch: (a) for the build, the worker time not spent computing,
-   ``(render wall x workers - sum of job compute seconds) / batches`` (this includes each worker
-   loading the model for its first job, and the tail when fewer batches than workers are left);
+   ``(render wall x workers - sum of job compute seconds) / jobs`` (this includes each worker
+   loading the model for its first job, and the tail when fewer jobs than workers are left);
    (b) empty jobs on warm workers (the model loaded), sent one at a time (a round trip each) and
    200 at once.
 3. Dataset-examples pass over ``--photos`` (default ../shared/imagenet-samples, else the demo
@@ -43,7 +43,8 @@ def build_on(model, engine, layers, units, steps, size) -> dict:
                        classes=(), n_classes=0, engine=engine)
         wall = time.perf_counter() - t
         # Seconds the jobs computed, as the engine measured them where they ran.
-        compute = sum(report.seconds[k] for k in ("channel", "neuron", "negative", "diversity", "dream", "class"))
+        compute = sum(report.seconds[k] for k in ("channel", "neuron", "negative", "diversity", "dream", "class",
+                                                   "classes"))
         return {"units": report.units_rendered, "render_wall": report.render_wall, "build_wall": wall,
                 "batches": report.batches, "compute": compute,
                 "upm": 60 * report.units_rendered / report.render_wall}
@@ -93,7 +94,7 @@ def main() -> None:
           f"local: 1 process, {torch.get_num_threads()} threads; ray: {args.workers} workers x 1 thread", flush=True)
 
     local = build_on(model, None, layers, args.units, args.steps, args.size)
-    print(f"local build: {local['units']} units, {local['batches']} batches, render {local['render_wall']:.1f} s "
+    print(f"local build: {local['units']} units, {local['batches']} jobs, render {local['render_wall']:.1f} s "
           f"({local['upm']:.1f} units/min), whole build {local['build_wall']:.1f} s", flush=True)
 
     t = time.perf_counter()
@@ -103,13 +104,13 @@ def main() -> None:
     try:
         remote = build_on(model, engine, layers, args.units, args.steps, args.size)
         idle = remote["render_wall"] * engine.workers - remote["compute"]
-        print(f"ray build:   {remote['units']} units, {remote['batches']} batches, render {remote['render_wall']:.1f} s "
+        print(f"ray build:   {remote['units']} units, {remote['batches']} jobs, render {remote['render_wall']:.1f} s "
               f"({remote['upm']:.1f} units/min), whole build {remote['build_wall']:.1f} s; Ray start {start_s:.1f} s",
               flush=True)
         print(f"  ray ÷ local units/min: {remote['upm'] / local['upm']:.2f}")
-        print(f"  worker time not computing: {idle:.2f} s over {remote['batches']} batches = "
-              f"{1000 * idle / remote['batches']:.0f} ms per batch "
-              f"(mean batch compute {1000 * remote['compute'] / remote['batches']:.0f} ms)")
+        print(f"  worker time not computing: {idle:.2f} s over {remote['batches']} jobs = "
+              f"{1000 * idle / remote['batches']:.0f} ms per job "
+              f"(mean job compute {1000 * remote['compute'] / remote['batches']:.0f} ms)")
 
         # Empty jobs to warm workers: pure scheduling + transfer of a tiny result.
         list(engine.run(model, [Job(noop) for _ in range(2 * engine.workers)]))  # load the model everywhere

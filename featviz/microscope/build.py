@@ -52,7 +52,7 @@ class BuildReport:
     made: Counter = field(default_factory=Counter)          # panel kind -> panels made now
     skipped: Counter = field(default_factory=Counter)       # panel kind -> already up to date
     seconds: Counter = field(default_factory=Counter)       # phase -> seconds
-    batches: int = 0
+    batches: int = 0                                        # jobs run: render batches, attribution batches
     elapsed: float = 0.0
     render_wall: float = 0.0                                # seconds of the engine phase (attribution, renders)
     engine: str = "local"
@@ -289,22 +289,25 @@ class _Builder:
             if readout is not None:
                 t = time.perf_counter()
                 weight, name = readout
-                self._finish_classes_panels(layer, part, h, {"method": cls.WEIGHTS, "detail": name}, weight[:, part].T,
-                                            time.perf_counter() - t)
+                self._finish_classes_panels(layer, part, h, {"method": cls.WEIGHTS, "detail": name}, False,
+                                            weight[:, part].T, time.perf_counter() - t)
             else:
                 # The example crops travel as bytes (uint8), a quarter of their float size.
                 images = [self._example_pixels(store, layer, u) for u in part]
                 meta = {"method": cls.ATTRIBUTION, "n_images": ATTRIBUTION_IMAGES}
                 work.append(_Work(Job(attribution_effects, (layer, part, images)),
-                                  partial(self._finish_classes_panels, layer, part, h, meta), layer))
+                                  partial(self._finish_classes_panels, layer, part, h, meta, True), layer))
         return work
 
-    def _finish_classes_panels(self, layer, part, h, meta, effects, seconds) -> None:
+    def _finish_classes_panels(self, layer, part, h, meta, was_job: bool, effects, seconds) -> None:
         panels = []
         for u, row in zip(part, effects):
             up, down = cls.top_classes(self.model, row, self.s.top_classes)
             panels.append(Panel(self.slug, layer, u, CLASSES, h, (), meta | {"up": up, "down": down}))
-        self.report.seconds[CLASSES] += seconds
+        if was_job:
+            self._account(CLASSES, seconds)
+        else:
+            self.report.seconds[CLASSES] += seconds
         self.commit(panels, CLASSES)
 
     def _example_pixels(self, store, layer: str, unit: int) -> torch.Tensor:
@@ -315,7 +318,7 @@ class _Builder:
         out = []
         for ex in store.top(layer, unit, k=ATTRIBUTION_IMAGES):
             with Image.open(ex.image_file) as img:
-                out.append(torch.from_numpy(np.asarray(img.convert("RGB"))).permute(2, 0, 1).contiguous())
+                out.append(torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).contiguous())
         return torch.stack(out) if out else torch.empty(0, 3, self.model.input_size, self.model.input_size,
                                                         dtype=torch.uint8)
 
