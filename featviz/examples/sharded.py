@@ -22,6 +22,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from .._storage import LOCK
 from ..engine import Job
 from ..errors import FeatvizError
 from ..imageio import atomic_write
@@ -33,7 +34,7 @@ PLAN = "plan.json"
 def collect_sharded(engine, model, data, root: Path, files, layers, top, bottom, size, batch_size, settings,
                     store_path: Path, overwrite: bool, crop_size: int, say) -> ExampleStore:
     """``collect`` over ``engine``'s workers (called by ``collect(..., engine=...)``)."""
-    from .stream import LOCK, _describe_diff, _lock
+    from .stream import _describe_diff, _store_lock
 
     if ExampleStore.exists(store_path):
         with ExampleStore(store_path) as old:
@@ -49,7 +50,7 @@ def collect_sharded(engine, model, data, root: Path, files, layers, top, bottom,
     n = max(1, min(engine.workers, n_batches))
     staging = store_path.parent / f".{store_path.name}.shards"
     staging.mkdir(parents=True, exist_ok=True)
-    lock = _lock(staging)
+    lock = _store_lock(staging)
     try:
         plan = {"settings": settings, "shards": n}
         plan_file = staging / PLAN
@@ -104,8 +105,6 @@ def collect_shard(model, data, layers, top, bottom, size, batch_size, index, cou
 
 
 def _pack(folder: Path) -> bytes:
-    from .stream import LOCK
-
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for path in sorted(folder.rglob("*")):

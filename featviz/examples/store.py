@@ -21,7 +21,6 @@ import os
 import shutil
 import sqlite3
 import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -29,6 +28,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from .._storage import Database, connect, transaction
 from ..errors import FeatvizError, IndexOutOfRangeError, UnknownLayerError, suggest
 from .receptive import ReceptiveField
 from .topk import EMPTY, RANKINGS, LayerState, Ranking
@@ -111,7 +111,7 @@ def image_file(image_id: int) -> str:
     return f"{MEDIA}/images/{image_id:06d}.jpg"
 
 
-class ExampleStore:
+class ExampleStore(Database):
     """An example store on disk (see the module docstring). Open with ``ExampleStore(path)``."""
 
     def __init__(self, path: str | os.PathLike):
@@ -120,7 +120,7 @@ class ExampleStore:
         if not db.is_file():
             raise FeatvizError(f"{self.path} is not an example store (no {DB_NAME}); "
                                "make one with 'featviz examples'")
-        self._db = _connect(db)
+        self._db = connect(db)
         try:
             settings = self._meta("settings")
         except sqlite3.DatabaseError as exc:
@@ -137,7 +137,7 @@ class ExampleStore:
         db = Path(path) / DB_NAME
         if not db.is_file():
             return False
-        con = _connect(db)
+        con = connect(db)
         try:
             row = con.execute("SELECT value FROM meta WHERE key='settings'").fetchone()
         except sqlite3.DatabaseError:
@@ -160,9 +160,9 @@ class ExampleStore:
                 (path / name).unlink()
         for name in (MEDIA, PARTIAL_MEDIA):
             shutil.rmtree(path / name, ignore_errors=True)
-        con = _connect(path / DB_NAME)
+        con = connect(path / DB_NAME)
         try:
-            with _transaction(con):
+            with transaction(con):
                 for stmt in SCHEMA.strip().split(";"):
                     if stmt.strip():
                         con.execute(stmt)
@@ -177,17 +177,6 @@ class ExampleStore:
         finally:
             con.close()
         return cls(path)
-
-    def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __repr__(self) -> str:
         s = self.settings
@@ -341,7 +330,7 @@ class ExampleStore:
 
     # -- writing (used by collect and merge) ----------------------------------------------------
     def _set_run(self, run: dict) -> None:
-        with _transaction(self._db):
+        with transaction(self._db):
             self._db.execute("UPDATE meta SET value=? WHERE key='run'", (json.dumps(run, sort_keys=True),))
 
     def _save_checkpoint(self, files_done: int, states: dict[str, LayerState],
@@ -353,7 +342,7 @@ class ExampleStore:
                 for field in ("values", "index", "pos"):
                     arr = getattr(ranking, field).detach().cpu().contiguous().numpy()
                     rows.append((f"{layer}\x1f{kind}\x1f{field}", arr.dtype.str, json.dumps(arr.shape), arr.tobytes()))
-        with _transaction(self._db):
+        with transaction(self._db):
             self._db.execute("DELETE FROM checkpoint")
             self._db.executemany("INSERT INTO checkpoint VALUES (?, ?, ?, ?)", rows)
             self._db.executemany("INSERT OR REPLACE INTO skipped VALUES (?, ?)", list(skipped))
@@ -381,7 +370,7 @@ class ExampleStore:
     def _finish(self, rows: Sequence[tuple], files_done: int, run: dict | None = None,
                 skipped: Iterable[tuple[int, str]] = ()) -> None:
         """Write the examples and mark the store complete, in one transaction."""
-        with _transaction(self._db):
+        with transaction(self._db):
             self._db.execute("DELETE FROM examples")
             self._db.executemany("INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             self._db.executemany("INSERT OR REPLACE INTO skipped VALUES (?, ?)", list(skipped))
@@ -541,22 +530,3 @@ def merge(stores: Sequence[str | os.PathLike | ExampleStore], out: str | os.Path
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ExampleStore(out)
-
-
-# -- sqlite helpers ---------------------------------------------------------------------------------
-def _connect(db: Path) -> sqlite3.Connection:
-    con = sqlite3.connect(str(db), isolation_level=None, timeout=30)
-    con.execute("PRAGMA synchronous=FULL")
-    return con
-
-
-@contextmanager
-def _transaction(con: sqlite3.Connection):
-    con.execute("BEGIN IMMEDIATE")
-    try:
-        yield con
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    else:
-        con.execute("COMMIT")

@@ -37,6 +37,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .._storage import LOCK, FolderLock
 from ..errors import FeatvizError, ImageReadError
 from .files import EXTENSIONS, demo_dir, files_hash, list_images, read_photo
 from .receptive import METHOD as RF_METHOD
@@ -173,7 +174,7 @@ def collect(model, data=None, layers=None, k: int = 10, *, bottom: int | None = 
 
         return collect_sharded(engine, model, data, root, files, layers, top, bottom, size, batch_size, settings,
                                store_path, overwrite, crop_size, say)
-    lock = _lock(store_path)
+    lock = _store_lock(store_path)
     try:
         return _collect(model, root, files, ids, held, layers, top, bottom, size, batch_size, settings, run,
                         store_path, overwrite, workers, checkpoint_every, checkpoint_batches, crop_size, progress,
@@ -297,7 +298,6 @@ def _stored_batch_size(path: Path) -> int | None:
         return st.settings.get("batch_size")
 
 
-LOCK = ".lock"
 OURS = {DB_NAME, DB_NAME + "-journal", MEDIA, PARTIAL_MEDIA, LOCK}
 
 
@@ -308,24 +308,9 @@ def _check_target(path: Path) -> None:
             raise FeatvizError(f"{path} exists and is not an example store; choose a new or empty folder for --out")
 
 
-class _lock:
-    """An exclusive lock on the store for the duration of a run (released by the OS if the process dies)."""
-
-    def __init__(self, path: Path):
-        path.mkdir(parents=True, exist_ok=True)
-        self.file = open(path / LOCK, "a+")
-        try:
-            import fcntl
-        except ImportError:  # no advisory locks on this platform
-            return
-        try:
-            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.file.close()
-            raise FeatvizError(f"the store {path} is being written by another process") from None
-
-    def close(self) -> None:
-        self.file.close()
+def _store_lock(path: Path) -> FolderLock:
+    """The store's folder, locked for the duration of a run."""
+    return FolderLock(path, f"the store {path} is being written by another process")
 
 
 def _open_or_create(path: Path, settings: dict, run: dict, files, model, layers, size, overwrite, say) -> ExampleStore:

@@ -25,6 +25,7 @@ from typing import Callable
 
 import torch
 
+from .._storage import LOCK, FolderLock
 from ..engine import Job, LocalEngine
 from ..errors import FeatvizError
 from ..imageio import atomic_write, save_png, to_pil
@@ -116,7 +117,7 @@ def build(model="efficientnet_lite0", out: str | os.PathLike = "microscope", dat
     site = Path(out)
     if site.exists() and not site.is_dir():
         raise FeatvizError(f"{site} exists and is not a folder")
-    if site.is_dir() and any(p.name != ".lock" for p in site.iterdir()) and not (site / "manifest.sqlite").exists():
+    if site.is_dir() and any(p.name != LOCK for p in site.iterdir()) and not (site / "manifest.sqlite").exists():
         raise FeatvizError(f"{site} exists and is not a microscope site; choose a new or empty folder for --out")
     layers = choose_layers(model, s)
     if not layers:
@@ -127,7 +128,7 @@ def build(model="efficientnet_lite0", out: str | os.PathLike = "microscope", dat
     plan = {layer: choose_units(model, layer, s) for layer in layers}
     class_list = choose_classes(model, s)
     site.mkdir(parents=True, exist_ok=True)
-    lock = _SiteLock(site)
+    lock = FolderLock(site, f"the site {site} is being built by another process")
     try:
         with Manifest(site) as man:
             return _Builder(model, site, man, s, layers, plan, class_list, data, say, progress,
@@ -451,22 +452,3 @@ def _span(units: list[int]) -> str:
     if len(units) > 2 and units == list(range(units[0], units[-1] + 1)):
         return f"{units[0]}-{units[-1]}"
     return ",".join(map(str, units))
-
-
-class _SiteLock:
-    """One build at a time per site (released by the OS if the process dies)."""
-
-    def __init__(self, site: Path):
-        self.file = open(site / ".lock", "a+")
-        try:
-            import fcntl
-        except ImportError:
-            return
-        try:
-            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.file.close()
-            raise FeatvizError(f"the site {site} is being built by another process") from None
-
-    def close(self) -> None:
-        self.file.close()

@@ -17,11 +17,11 @@ import hashlib
 import json
 import os
 import sqlite3
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from .._storage import Database, connect, transaction
 from ..errors import FeatvizError
 from .settings import MANIFEST_NAME
 
@@ -53,7 +53,7 @@ class Panel:
                 json.dumps(list(self.files)), json.dumps(self.info, sort_keys=True))
 
 
-class Manifest:
+class Manifest(Database):
     """Open (or create) the manifest of the site at ``site``."""
 
     def __init__(self, site: str | os.PathLike, create: bool = True, readonly: bool = False):
@@ -62,15 +62,12 @@ class Manifest:
         if (readonly or not create) and not path.is_file():
             raise FeatvizError(f"{self.site} is not a microscope site (no {MANIFEST_NAME}); "
                                "make one with 'featviz microscope build'")
-        if readonly:  # a server reading while a build may be writing: never take a write lock
-            self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
-                                       timeout=30, check_same_thread=False)
-        else:
+        if not readonly:
             self.site.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), isolation_level=None, timeout=30, check_same_thread=False)
+        # readonly: a server reading while a build may be writing never takes a write lock.
+        self._db = connect(path, readonly=readonly, any_thread=True)
         try:
             if not readonly:
-                self._db.execute("PRAGMA synchronous=FULL")
                 with self.transaction():
                     for stmt in SCHEMA.strip().split(";"):
                         if stmt.strip():
@@ -85,27 +82,8 @@ class Manifest:
             raise FeatvizError(f"the manifest of {self.site} has format {fmt}, this featviz writes "
                                f"{MANIFEST_FORMAT}; build into a new folder")
 
-    @contextmanager
     def transaction(self):
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        else:
-            self._db.execute("COMMIT")
-
-    def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        return transaction(self._db)
 
     # -- models ------------------------------------------------------------------------------
     def set_model(self, slug: str, info: dict) -> None:
