@@ -41,21 +41,20 @@ class Done:
     seconds: float
 
 
-class LocalEngine:
-    """Runs the jobs one after another in this process, in the order given."""
+class Engine:
+    """What every engine offers: ``run(model, jobs)`` yielding ``Done`` as jobs complete,
+    ``workers`` (jobs at once), ``distributed`` (jobs run in other processes), ``describe()``,
+    and ``close()`` (also on leaving a ``with`` block)."""
 
-    name = "local"
+    name = "engine"
     workers = 1
     distributed = False
 
     def run(self, model, jobs: Sequence[Job]) -> Iterator[Done]:
-        for i, job in enumerate(jobs):
-            t = time.perf_counter()
-            result = job.fn(model, *job.args)
-            yield Done(i, result, time.perf_counter() - t)
+        raise NotImplementedError
 
     def describe(self) -> str:
-        return "local engine (this process)"
+        return self.name
 
     def close(self) -> None:
         pass
@@ -65,6 +64,21 @@ class LocalEngine:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class LocalEngine(Engine):
+    """Runs the jobs one after another in this process, in the order given."""
+
+    name = "local"
+
+    def run(self, model, jobs: Sequence[Job]) -> Iterator[Done]:
+        for i, job in enumerate(jobs):
+            t = time.perf_counter()
+            result = job.fn(model, *job.args)
+            yield Done(i, result, time.perf_counter() - t)
+
+    def describe(self) -> str:
+        return "local engine (this process)"
 
 
 def get_engine(name: str | None = "local", address: str | None = None, **options):
@@ -82,9 +96,4 @@ def get_engine(name: str | None = "local", address: str | None = None, **options
     raise FeatvizError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")
 
 
-def run_jobs(engine, model, jobs: Sequence[Job]) -> Iterator[Done]:
-    """``engine.run`` with the local engine when none is given."""
-    return (engine or LocalEngine()).run(model, jobs)
-
-
-__all__ = ["ENGINES", "Done", "Job", "LocalEngine", "get_engine", "run_jobs"]
+__all__ = ["ENGINES", "Done", "Engine", "Job", "LocalEngine", "get_engine"]

@@ -24,7 +24,7 @@ import uuid
 from typing import Iterator, Sequence
 
 from ..errors import FeatvizError
-from . import Done, Job
+from . import Done, Engine, Job
 
 INSTALL_HINT = "pip install 'featviz[ray]'"
 
@@ -79,7 +79,7 @@ def _model_key(model) -> str:
     return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:32]
 
 
-class RayEngine:
+class RayEngine(Engine):
     """Runs jobs as Ray tasks on a cluster (``address``) or on a Ray started on this machine.
 
     address: None starts a local Ray (``num_cpus`` CPUs, default all) unless Ray is already
@@ -174,9 +174,3 @@ class RayEngine:
         if self._owns and self._ray.is_initialized():
             self._ray.shutdown()
         self._owns = False
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
