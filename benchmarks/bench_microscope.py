@@ -21,11 +21,9 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -63,23 +61,6 @@ def ttfb(port: int, method: str, path: str, body: bytes | None = None) -> tuple[
     data = resp.read()
     conn.close()
     return first, resp.status, data
-
-
-def start_server(site: Path, model):
-    import uvicorn
-
-    from featviz.microscope.server import create_app
-
-    app = create_app(site, model)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    while not srv.started:
-        time.sleep(0.05)
-    return srv, thread, port
 
 
 def on_demand(port: int, layer: str, unit: int, kinds: list[str], steps: int, size: int) -> dict:
@@ -137,12 +118,14 @@ def main():
 
     # -- server -----------------------------------------------------------------------------------------
     from featviz.microscope import build
+    from featviz.microscope.server import serve_in_background
 
     site = Path(tempfile.mkdtemp(prefix="bench-microscope-serve-"))
     layer = layers[0]
     try:
         build(model, site, None, quick=True, layers=[layer], units=1, steps=2, size=32, n_classes=0, classes=())
-        srv, thread, port = start_server(site, model)
+        running = serve_in_background(site, model)
+        port = running.port
         slug = model.name
         try:
             for label, path in (("prebuilt unit page", f"/{slug}/{layer}/0/"),
@@ -162,8 +145,7 @@ def main():
                       f"{args.size} px): request answered (202) in {r['post_ttfb_ms']:.2f} ms; first byte of the "
                       f"image {r['image_first_byte_s']:.2f} s after the request (render {r['render_s']:.2f} s)")
         finally:
-            srv.should_exit = True
-            thread.join(10)
+            running.stop()
     finally:
         shutil.rmtree(site, ignore_errors=True)
 

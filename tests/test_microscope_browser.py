@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -146,25 +144,12 @@ def test_navigate_a_static_site_from_file_urls(site, browser, shots, tmp_path):
 
 @pytest.fixture(scope="module")
 def server(site):
-    uvicorn = pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip install 'featviz[serve]'")
+    pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip install 'featviz[serve]'")
     pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'featviz[serve]'")
-    from featviz.microscope.server import create_app
+    from featviz.microscope.server import serve_in_background
 
-    app = create_app(site, tiny_model())
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    t = time.monotonic()
-    while not srv.started:
-        if time.monotonic() - t > 20:
-            raise RuntimeError("the server did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
+    with serve_in_background(site, tiny_model()) as running:
+        yield running.url
 
 
 def test_navigate_under_featviz_serve_and_render_on_demand(server, browser, shots):

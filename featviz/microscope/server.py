@@ -647,13 +647,69 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(site, model=None, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
-          **limit_overrides) -> None:
-    """Run the app with uvicorn (blocking)."""
+# uvicorn's connection limits for featviz serve, in the foreground or in a thread.
+UVICORN_OPTIONS = dict(limit_concurrency=64, timeout_keep_alive=5, h11_max_incomplete_event_size=16 * 1024)
+
+
+def _uvicorn():
     try:
         import uvicorn
     except ImportError:
         raise FeatvizError("featviz serve needs uvicorn: pip install 'featviz[serve]'") from None
+    return uvicorn
+
+
+def serve(site, model=None, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+          **limit_overrides) -> None:
+    """Run the app with uvicorn (blocking)."""
+    uvicorn = _uvicorn()
     app = create_app(site, model, **limit_overrides)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, limit_concurrency=64, timeout_keep_alive=5,
-                h11_max_incomplete_event_size=16 * 1024)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, **UVICORN_OPTIONS)
+
+
+@dataclass
+class BackgroundServer:
+    """``featviz serve`` running in a thread of this process (a notebook, a test, a benchmark)."""
+
+    server: Any
+    thread: threading.Thread
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def serve_in_background(site, model=None, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+                        start_timeout: float = 20.0, **limit_overrides) -> BackgroundServer:
+    """Start ``featviz serve`` for ``site`` in a daemon thread and return once it accepts
+    connections. ``port`` 0 takes a free one; ``.url`` says where, ``.stop()`` ends it."""
+    import socket
+
+    uvicorn = _uvicorn()
+    app = create_app(site, model, **limit_overrides)
+    if port == 0:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, **UVICORN_OPTIONS))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise FeatvizError(f"the server for {site} did not start on {host}:{port}")
+        time.sleep(0.05)
+    return BackgroundServer(server, thread, host, port)
