@@ -62,3 +62,27 @@ def empty_site(path, organism):
                                       "layers": [{"name": l.name, "channels": l.channels, "height": l.height,
                                                   "width": l.width} for l in organism.layers()]})
     return path
+
+
+def one_error_line(result) -> str:
+    """The CLI's single 'featviz: error' line, after checking exit status 2 and no traceback."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("featviz: error")]
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+def crash_on_call(monkeypatch, module, name: str, n: int, message: str) -> None:
+    """Make ``module.name`` raise RuntimeError(message) on its n-th call (a simulated crash);
+    ``monkeypatch.undo()`` or the end of the test restores it."""
+    real = getattr(module, name)
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise RuntimeError(message)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, flaky)

@@ -22,6 +22,8 @@ from featviz.attribution.blocks import render_layer  # noqa: E402
 from featviz.attribution.methods import default_cam_layer  # noqa: E402
 from featviz.errors import FeatvizError, ImageReadError, IndexOutOfRangeError, UnknownLayerError  # noqa: E402
 
+from conftest import one_error_line  # noqa: E402
+
 SIZE = 32
 
 
@@ -384,9 +386,7 @@ def test_cli_attribute(cli, red_png, tmp_path):
 ])
 def test_cli_attribute_errors_are_one_line(cli, red_png, tmp_path, args, message):
     r = cli("attribute", "tiny", red_png, "-o", tmp_path / "x.png", *args)
-    assert r.exit_code == 2
-    lines = [line for line in r.output.splitlines() if line.startswith("featviz: error")]
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.output
+    assert message in one_error_line(r)
 
 
 def test_cli_bad_photos_are_one_line(cli, tmp_path):

@@ -25,6 +25,8 @@ from featviz.examples import collect, list_images, merge, open_store, receptive_
 from featviz.examples.topk import EMPTY, Ranking
 from featviz.models import from_module
 
+from conftest import crash_on_call, one_error_line
+
 LAYERS = ["c1", "r2", "c3", "fc"]
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -222,19 +224,10 @@ def test_receptive_field_matches_the_architecture(model):
 def test_resume_after_crash_in_the_pass_equals_uninterrupted_run(model, photo_dir, reference, tmp_path, monkeypatch):
     from featviz.examples import stream as mod
 
-    real = mod._decode
-    calls = {"n": 0}
-
-    def flaky(*args):
-        calls["n"] += 1
-        if calls["n"] == 15:
-            raise RuntimeError("simulated crash")
-        return real(*args)
-
-    monkeypatch.setattr(mod, "_decode", flaky)
+    crash_on_call(monkeypatch, mod, "_decode", 15, "simulated crash")
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(model, photo_dir, tmp_path / "s", checkpoint_batches=2)
-    monkeypatch.setattr(mod, "_decode", real)
+    monkeypatch.undo()
     partial = open_store(tmp_path / "s")
     assert not partial.complete and 0 < partial.files_done < len(partial.images())
     with pytest.raises(FeatvizError, match="not complete"):
@@ -247,19 +240,10 @@ def test_resume_after_crash_in_the_pass_equals_uninterrupted_run(model, photo_di
 def test_resume_after_crash_while_writing_crops(model, photo_dir, reference, tmp_path, monkeypatch):
     from featviz.examples import stream as mod
 
-    real = mod._write_image_media
-    calls = {"n": 0}
-
-    def flaky(*args):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise RuntimeError("simulated crash while writing crops")
-        return real(*args)
-
-    monkeypatch.setattr(mod, "_write_image_media", flaky)
+    crash_on_call(monkeypatch, mod, "_write_image_media", 5, "simulated crash while writing crops")
     with pytest.raises(RuntimeError):
         run(model, photo_dir, tmp_path / "s", workers=1)
-    monkeypatch.setattr(mod, "_write_image_media", real)
+    monkeypatch.undo()
     st = open_store(tmp_path / "s")
     assert not st.complete and st.files_done == len(st.images())
     st.close()
@@ -410,9 +394,7 @@ def test_cli_errors_are_one_line(photo_dir, tmp_path):
                        (["compare", "blocks.3", "--store", str(tmp_path), "-o", str(tmp_path / "x.png")],
                         "LAYER:UNIT")]:
         result = cli(*args)
-        assert result.exit_code == 2, result.output
-        lines = [l for l in result.output.splitlines() if l.startswith("featviz: error")]
-        assert len(lines) == 1 and text in lines[0], result.output
+        assert text in one_error_line(result), result.output
 
 
 def test_cli_merge_and_show(model, photo_dir, reference, tmp_path):
