@@ -64,7 +64,8 @@ class BuildReport:
         return self.made["channel"]
 
     def units_per_minute(self) -> float | None:
-        """Units rendered per minute of wall time of the render phase (all panels of a unit count)."""
+        """Units rendered per minute of wall time of the engine phase (renders of all a unit's panels and
+        the classes by attribution)."""
         t = self.render_wall
         return 60.0 * self.units_rendered / t if t and self.units_rendered else None
 
@@ -74,7 +75,7 @@ class BuildReport:
         rate = self.units_per_minute()
         rate = f", {rate:.1f} units/min of rendering" if rate else ""
         return (f"{self.model}: {len(self.layers)} layers, {self.units} units; made {made}; {skipped} panels "
-                f"already up to date; {self.batches} render batches in {self.elapsed:.1f} s{rate} "
+                f"already up to date; {self.batches} batches in {self.elapsed:.1f} s{rate} "
                 f"({self.engine}). "
                 f"Open {self.site / 'index.html'}")
 
