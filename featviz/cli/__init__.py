@@ -1,6 +1,6 @@
 """The ``featviz`` command line: a thin layer over the library.
 
-Each pillar registers its commands from its own module below. Any
+Each pillar's module lists its commands; ``_register`` adds them below. Any
 ``FeatvizError`` (bad model, layer, index, image...) becomes one line on
 stderr and exit status 2, never a traceback.
 """
@@ -29,14 +29,14 @@ def main():
 
 
 def _register() -> None:
-    # Import order = order in --help. Each module adds its commands to ``main``.
-    from . import models_cmd, render_cmd  # noqa: F401
-    for optional in ("examples_cmd", "attribute_cmd", "microscope_cmd", "report_cmd"):
-        try:
-            __import__(f"{__name__}.{optional}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{optional}":
-                raise
+    # Explicit, in the order of --help. Command modules never import ``main``: each lists its
+    # commands in COMMANDS, and optional libraries are imported inside the commands, so a
+    # missing extra gives its one-line install hint when the command runs, not at start-up.
+    from . import attribute_cmd, examples_cmd, microscope_cmd, models_cmd, render_cmd, report_cmd
+
+    for module in (models_cmd, render_cmd, examples_cmd, attribute_cmd, microscope_cmd, report_cmd):
+        for command in module.COMMANDS:
+            main.add_command(command)
 
 
 _register()

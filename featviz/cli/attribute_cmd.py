@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import click
 
-from . import main
 from .common import device_option, load_model, model_argument
 
 _METHOD_HELP = "gradcam|saliency|smoothgrad|ig|guided-gradcam; several (comma-separated) or 'all' make a panel"
@@ -39,7 +38,7 @@ def _describe(organism, description: str) -> str:
     return description + _label_of(organism, description)
 
 
-@main.command("attribute")
+@click.command("attribute")
 @model_argument
 @click.argument("photo", metavar="PHOTO", required=False)
 @click.option("-t", "--target", default=None,
@@ -118,7 +117,7 @@ def attribute_cmd(model, photo, target, method, layer, output, size, steps, inte
         click.echo(f"wrote {save_map}")
 
 
-@main.command("blocks")
+@click.command("blocks")
 @model_argument
 @click.argument("photo", metavar="PHOTO", required=False)
 @click.option("--layer", required=True, help="layer whose channels to rank, e.g. head or blocks.12")
@@ -170,3 +169,6 @@ def blocks_cmd(model, photo, layer, class_index, target, output, top_n, no_thumb
                              thumb_steps=thumb_steps, thumb_size=thumb_size, seed=seed, attribution=ca)
     path = save_png(sheet, output, dict(ca.settings, top=top_n))
     click.echo(f"wrote {path}")
+
+# Registered on the `featviz` group by featviz/cli/__init__.py, in this order.
+COMMANDS = [attribute_cmd, blocks_cmd]

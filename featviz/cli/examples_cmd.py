@@ -9,7 +9,6 @@ import click
 
 from ..errors import FeatvizError
 from ..models import DEFAULT_MODEL, available
-from . import main
 from .common import device_option, engine_options, load_model, make_engine, model_argument
 
 
@@ -23,7 +22,7 @@ def _unit(spec: str) -> tuple[str, int]:
         raise FeatvizError(f"expected LAYER:UNIT such as blocks.8:12, got {spec!r}") from None
 
 
-@main.command("examples")
+@click.command("examples")
 @model_argument
 @click.argument("data_dir", required=False, type=click.Path(path_type=Path))
 @click.option("--layers", "-l", default=None,
@@ -93,7 +92,7 @@ def _summary(store) -> None:
     click.echo(f"next: featviz compare {s['model']} {first}:0 --store {store.path} -o sheet.png")
 
 
-@main.command("examples-merge")
+@click.command("examples-merge")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.argument("stores", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--overwrite", is_flag=True, help="replace OUT if it is a store")
@@ -105,7 +104,7 @@ def examples_merge_cmd(out, stores, overwrite):
     click.echo(f"merged {len(stores)} stores into {out}: {merged.num_images} images, digest {merged.digest()[:16]}")
 
 
-@main.command("examples-show")
+@click.command("examples-show")
 @click.argument("store", type=click.Path(path_type=Path))
 @click.argument("unit")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="output PNG")
@@ -122,7 +121,7 @@ def examples_show_cmd(store, unit, out, k):
     click.echo(f"wrote {out}")
 
 
-@main.command("compare")
+@click.command("compare")
 @click.argument("model", metavar="[MODEL]")
 @click.argument("unit", metavar="LAYER:UNIT", required=False)
 @click.option("--store", "store_path", type=click.Path(path_type=Path), required=True,
@@ -184,3 +183,6 @@ def _render(organism, layer: str, unit: int, size, steps, recipe, seed):
         kw["progress"] = True
     result = render(organism, f"{layer}:{unit}", **kw)
     return result.pil(0), getattr(result, "settings", {})
+
+# Registered on the `featviz` group by featviz/cli/__init__.py, in this order.
+COMMANDS = [examples_cmd, examples_merge_cmd, examples_show_cmd, compare_cmd]

@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from ..errors import FeatvizError
-from . import main
 from .common import device_option, engine_options, load_model, make_engine, model_argument, parse_range
 
 
@@ -23,7 +22,7 @@ def _units(text: str | None):
     return tuple(parse_range(text))
 
 
-@main.group("microscope")
+@click.group("microscope")
 def microscope():
     """A browsable site of every unit of a model's layers (see also: featviz serve)."""
 
@@ -110,7 +109,7 @@ def _serve(site, model, host, port, workers, max_queue, per_client, max_steps, m
           max_steps=max_steps, max_size=max_size, job_timeout=job_timeout)
 
 
-@main.command("serve")
+@click.command("serve")
 @click.argument("site", type=click.Path(path_type=Path), default=Path("microscope"))
 @_serve_options
 def serve_cmd(site, **kwargs):
@@ -124,3 +123,6 @@ def serve_cmd(site, **kwargs):
 def microscope_serve_cmd(site, **kwargs):
     """Same as 'featviz serve'."""
     _serve(site, **kwargs)
+
+# Registered on the `featviz` group by featviz/cli/__init__.py, in this order.
+COMMANDS = [microscope, serve_cmd]

@@ -4,11 +4,10 @@ from __future__ import annotations
 import click
 
 from ..models import available
-from . import main
 from .common import device_option, load_model, optional_model_argument
 
 
-@main.command("layers")
+@click.command("layers")
 @optional_model_argument
 @click.option("--all", "all_modules", is_flag=True, help="every module with an output, not only the main layers")
 @device_option
@@ -26,9 +25,12 @@ def layers_cmd(model, all_modules, device):
         click.echo(f"{'logits':<28} {len(organism.labels):>8}  {'-':>9}  classes (logit:N, prob:N)")
 
 
-@main.command("models")
+@click.command("models")
 def models_cmd():
     """List the built-in model organisms."""
     for name in available():
         click.echo(name)
     click.echo("torchvision:<name>, timm:<name>  (with those packages and their weights installed)")
+
+# Registered on the `featviz` group by featviz/cli/__init__.py, in this order.
+COMMANDS = [layers_cmd, models_cmd]

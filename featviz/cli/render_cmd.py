@@ -11,7 +11,6 @@ from ..imageio import grid, save_png
 from ..optvis import RECIPES, render, render_units
 from ..optvis.render import auto_recipe
 from ..optvis.objectives import parse
-from . import main
 from .common import device_option, load_model, model_argument, parse_range
 
 
@@ -55,7 +54,7 @@ def _finish(result, out: Path, gif: Path | None = None) -> None:
         sys.exit(130)
 
 
-@main.command("render")
+@click.command("render")
 @model_argument
 @click.argument("target")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="output PNG")
@@ -86,7 +85,7 @@ def render_cmd(model, target, out, batch, diversity, alpha, gif, recipe, steps, 
     _finish(result, out, gif)
 
 
-@main.command("render-layer")
+@click.command("render-layer")
 @model_argument
 @click.argument("layer")
 @click.option("--channels", default=None, help="e.g. 0-31 or 3,7,9 (default: all)")
@@ -116,7 +115,7 @@ def render_layer_cmd(model, layer, channels, out, batch, kind, columns, recipe, 
         sys.exit(130)
 
 
-@main.command("dream")
+@click.command("dream")
 @model_argument
 @click.argument("photo", type=click.Path(path_type=Path))
 @click.option("--layer", required=True, help="layer whose activations to amplify (DeepDream)")
@@ -136,3 +135,6 @@ def dream_cmd(model, photo, layer, channel, out, recipe, steps, lr, param, trans
                     seed=seed, progress=True, **kw)
     result.settings["photo"] = str(photo)
     _finish(result, out)
+
+# Registered on the `featviz` group by featviz/cli/__init__.py, in this order.
+COMMANDS = [render_cmd, render_layer_cmd, dream_cmd]

@@ -6,7 +6,6 @@ from pathlib import Path
 import click
 
 from ..errors import FeatvizError
-from . import main
 from .common import device_option, load_model, model_argument, parse_range
 
 
@@ -44,7 +43,7 @@ def _publish(site: Path | None, out: Path) -> None:
         click.echo(f"added to the microscope: {site / add_report(site, out)}")
 
 
-@main.group("report")
+@click.group("report")
 def report():
     """Reports: experiments on a real model, written as PNG figures, report.md and results.json."""
 
@@ -183,3 +182,6 @@ def _check_site(site: Path, model_name: str) -> None:
         if man.model(slug(model_name)) is None:
             raise FeatvizError(f"the microscope at {site} has no {model_name}: build it with "
                                f"`featviz microscope build {model_name} --out {site}`")
+
+# Registered on the `featviz` group by featviz/cli/__init__.py, in this order.
+COMMANDS = [report]
