@@ -1,4 +1,4 @@
-"""``featviz serve`` (featviz.microscope.server): files, safety, on-demand renders and the bounded queue.
+"""``featviz serve`` (featviz.server): files, safety, on-demand renders and the bounded queue.
 
 Requests go through httpx's ASGI transport inside one event loop per test, so the
 queue's workers run exactly as under uvicorn. The site is built with a tiny CNN.
@@ -17,7 +17,7 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed: pip ins
 httpx = pytest.importorskip("httpx", reason="httpx is needed for the server tests")
 
 from featviz.microscope import build  # noqa: E402
-from featviz.microscope.server import create_app  # noqa: E402
+from featviz.server import create_app  # noqa: E402
 
 from test_microscope import TINY, make_photos, tiny_model  # noqa: E402
 
@@ -39,9 +39,13 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 60))
 
 
+JSON = {"content-type": "application/json"}
+BASE = "http://127.0.0.1:8000"  # the server checks Host (DNS rebinding): an address, as a browser would send
+
+
 def client(app, host="127.0.0.1"):
     transport = httpx.ASGITransport(app=app, client=(host, 40000))
-    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+    return httpx.AsyncClient(transport=transport, base_url=BASE)
 
 
 async def wait_job(c, job_id, timeout=30.0):
@@ -67,7 +71,7 @@ def test_serves_the_site_at_stable_urls(site, model):
                 "content-security-policy"]
             r = await c.get("/tiny/c2/1", follow_redirects=False)
             assert r.status_code == 307 and r.headers["location"] == "/tiny/c2/1/"
-            r = await c.get("http://testserver//tiny", follow_redirects=False)  # never a redirect to another host
+            r = await c.get(BASE + "//tiny", follow_redirects=False)  # never a redirect to another host
             assert r.status_code == 307 and r.headers["location"] == "/tiny/"
             r = await c.get("/tiny/c2/1/channel.png")
             assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content[:4] == b"\x89PNG"
@@ -118,7 +122,7 @@ def test_malformed_and_oversized_requests_get_4xx(site, model):
     async def main():
         app = create_app(site, model, max_steps=50, max_size=64)
         async with client(app) as c:
-            post = lambda **kw: c.post("/api/render", **kw)  # noqa: E731
+            post = lambda **kw: c.post("/api/render", **({"headers": JSON} | kw))  # noqa: E731
             assert (await post(content=b"{not json")).status_code == 400
             assert (await post(json=[1, 2])).status_code == 400
             assert (await post(json={"layer": "c2"})).status_code == 422          # no unit
@@ -135,7 +139,7 @@ def test_malformed_and_oversized_requests_get_4xx(site, model):
             assert (await post(json={"layer": "fc", "unit": 1})).status_code == 422
             assert (await post(json={"model": "other", "layer": "c2", "unit": 1})).status_code == 404
             assert (await post(content=b"{" + b" " * 5000 + b"}")).status_code == 413
-            assert (await post(content=b"{}", headers={"content-length": "999999"})).status_code == 413
+            assert (await post(content=b"{}", headers=JSON | {"content-length": "999999"})).status_code == 413
             assert (await c.get("/" + "a" * 2000)).status_code == 414
             assert (await c.put("/tiny/c2/1/channel.png", content=b"x")).status_code == 405
             assert (await c.get("/api/jobs/" + "f" * 16)).status_code == 404
