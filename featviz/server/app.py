@@ -13,7 +13,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
-from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.responses import RedirectResponse
 from starlette.types import Scope
 
@@ -53,8 +52,6 @@ def create_app(site, model=None, *, limits: Limits | None = None, served_names=(
 
     app = FastAPI(title="featviz microscope", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.microscope = state
-    # Added last = outermost: the guard sees every response, the body limit's 413 included.
-    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=limits.max_body)
     app.add_middleware(Guard, limits=limits, served_names=served_names)
 
     @app.exception_handler(HTTPException)

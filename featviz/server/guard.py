@@ -11,7 +11,10 @@ Before a request reaches a route:
 - A body sent to the API must be ``application/json`` -> 415 otherwise (a
   cross-site form or ``text/plain`` fetch cannot send that without a CORS
   preflight, which this server never grants).
-- A body must arrive within ``body_timeout`` seconds -> 408.
+- A body must be at most ``max_body`` bytes (413: at once when Content-Length
+  says so, else as soon as it grows past) and arrive within ``body_timeout``
+  seconds (408). One reader checks both, so both answer in the same JSON shape
+  as every other error (Starlette's body limit answers in plain text).
 
 On the way out every response, errors included, gets the same security
 headers, and an exception that escaped a route becomes a one-line 500 (its
@@ -102,6 +105,10 @@ class Guard:
             if origin is not None and (urlsplit(origin).netloc.lower() != host.lower()
                                        or urlsplit(origin).scheme not in ("http", "https")):
                 return 403, f"cross-origin request refused (from {origin[:100]!r})"
+            length = headers.get("content-length")
+            if length is not None and (not length.isascii() or not length.isdigit()
+                                       or int(length) > self.limits.max_body):
+                return 413, f"request body over {self.limits.max_body} bytes"
             if method in WITH_BODY and path.startswith(f"/{API_PREFIX}/"):
                 content_type = headers.get("content-type", "").split(";")[0].strip().lower()
                 if content_type != "application/json":
@@ -137,13 +144,15 @@ class Guard:
                 scope, receive, send_with_headers)
 
     def timed_body(self, receive: Receive) -> Receive:
-        """``receive`` with a deadline on the request body (a slow sender cannot hold a request open)."""
+        """``receive`` with a size limit and a deadline on the request body (a slow or endless sender
+        cannot hold a request open)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.limits.body_timeout
         body_done = False
+        received = 0
 
         async def receive_in_time() -> Message:
-            nonlocal body_done
+            nonlocal body_done, received
             if body_done:  # after the body, receive only waits for a disconnect: no deadline
                 return await receive()
             try:
@@ -152,6 +161,10 @@ class Guard:
             except TimeoutError:
                 raise HTTPException(408, f"the request body did not arrive within "
                                          f"{self.limits.body_timeout:g} s") from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limits.max_body:
+                    raise HTTPException(413, f"request body over {self.limits.max_body} bytes")
             if message["type"] != "http.request" or not message.get("more_body", False):
                 body_done = True
             return message
