@@ -54,7 +54,7 @@ def browser():
         b.close()
 
 
-def wait_js(page, expression: str, timeout: float = 10.0) -> None:
+def wait_js(page, expression: str, timeout: float = 60.0) -> None:
     """Poll a JavaScript expression from Python (the server's Content-Security-Policy forbids the
     in-page eval that Playwright's wait_for_function uses, as it should)."""
     t = time.monotonic()
