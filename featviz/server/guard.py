@@ -156,9 +156,8 @@ class Guard:
             if body_done:  # after the body, receive only waits for a disconnect: no deadline
                 return await receive()
             try:
-                async with asyncio.timeout(max(0.0, deadline - loop.time())):
-                    message = await receive()
-            except TimeoutError:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:  # (not the builtin TimeoutError before Python 3.11)
                 raise HTTPException(408, f"the request body did not arrive within "
                                          f"{self.limits.body_timeout:g} s") from None
             if message["type"] == "http.request":
