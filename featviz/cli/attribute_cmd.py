@@ -143,7 +143,7 @@ def blocks_cmd(model, photo, layer, class_index, target, output, top_n, no_thumb
     Channels are ranked by activation x gradient summed over space (exact at 'head' of EfficientNet-Lite).
     """
     from ..attribution import require_captum
-    from ..attribution.blocks import blocks_sheet, channel_attribution
+    from ..attribution.blocks import Thumbnails, blocks_sheet, channel_attribution
     from ..attribution.methods import as_batch, resolve_target
     from ..errors import FeatvizError
     from ..imageio import save_png
@@ -165,8 +165,8 @@ def blocks_cmd(model, photo, layer, class_index, target, output, top_n, no_thumb
         click.echo(f"{rank:>4} {ch:>7} {score:>+8.3f} {share:>10.1%}")
     if not no_thumbnails:
         click.echo(f"rendering {top_n} feature visualizations ({thumb_steps} steps, {thumb_size} px)...")
-    sheet, ca = blocks_sheet(organism, x, layer, objective, top=top_n, thumbnails=not no_thumbnails,
-                             thumb_steps=thumb_steps, thumb_size=thumb_size, seed=seed, attribution=ca)
+    thumbnails = False if no_thumbnails else Thumbnails(steps=thumb_steps, size=thumb_size, seed=seed)
+    sheet, ca = blocks_sheet(organism, x, layer, objective, top=top_n, thumbnails=thumbnails, attribution=ca)
     path = save_png(sheet, output, dict(ca.settings, top=top_n))
     click.echo(f"wrote {path}")
 
