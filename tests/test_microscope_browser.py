@@ -146,7 +146,7 @@ def test_navigate_a_static_site_from_file_urls(site, browser, shots, tmp_path):
 def server(site):
     pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip install 'featviz[serve]'")
     pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'featviz[serve]'")
-    from featviz.microscope.server import serve_in_background
+    from featviz.server import serve_in_background
 
     with serve_in_background(site, tiny_model()) as running:
         yield running.url

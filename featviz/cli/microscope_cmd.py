@@ -79,6 +79,9 @@ def _serve_options(f):
         click.option("--model", default=None, help="model for on-demand renders (default: the site's, by name)"),
         click.option("--host", default="127.0.0.1", show_default=True,
                      help="address to bind (loopback by default; anything else exposes the renderer)"),
+        click.option("--allow-host", "names", multiple=True, metavar="NAME",
+                     help="a host name the server is reached by (IP addresses and localhost always are; "
+                          "other names are refused, against DNS rebinding)"),
         click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True),
         click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
                      help="renders at once"),
@@ -96,17 +99,18 @@ def _serve_options(f):
     return f
 
 
-def _serve(site, model, host, port, workers, max_queue, per_client, max_steps, max_size, job_timeout):
-    from ..microscope.server import is_loopback, serve
+def _serve(site, model, host, names, port, workers, max_queue, per_client, max_steps, max_size, job_timeout):
+    from ..server import Limits, is_loopback, serve
 
     if not Path(site, "manifest.sqlite").is_file():
         raise FeatvizError(f"{site} is not a microscope site; make one with 'featviz microscope build'")
+    limits = Limits(workers=workers, max_queue=max_queue, per_client=per_client, max_steps=max_steps,
+                    max_size=max_size, job_timeout=job_timeout)  # checked here, before anything starts
     if not is_loopback(host):
         click.echo(f"warning: binding to {host} lets other machines use this renderer", err=True)
     click.echo(f"serving {site} at http://{host if ':' not in host else '[' + host + ']'}:{port}/  (Ctrl-C stops)",
                err=True)
-    serve(site, model, host=host, port=port, workers=workers, max_queue=max_queue, per_client=per_client,
-          max_steps=max_steps, max_size=max_size, job_timeout=job_timeout)
+    serve(site, model, host=host, port=port, limits=limits, names=names)
 
 
 @click.command("serve")
