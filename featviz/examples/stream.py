@@ -24,7 +24,6 @@ that marks the store complete.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
@@ -86,16 +85,6 @@ def parse_shard(shard) -> tuple[int, int] | None:
     if not (n >= 1 and 0 <= i < n):
         raise FeatvizError(f"shard {i}/{n}: need N >= 1 and 0 <= I < N")
     return int(i), int(n)
-
-
-def weights_digest(model) -> str:
-    """SHA-256 of the network's parameters and buffers: a store made with other weights is refused."""
-    h = hashlib.sha256()
-    for key, t in model.network.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:32]
 
 
 def collect(model, data=None, layers=None, k: int = 10, *, bottom: int | None = None, store=None,
@@ -160,7 +149,7 @@ def collect(model, data=None, layers=None, k: int = 10, *, bottom: int | None = 
             raise FeatvizError(f"shard {shard[0]}/{shard[1]} is empty: the {len(files)} files under {root} make "
                                f"only {n_batches} batches of {batch_size}")
     held = [(i, *files[i]) for i in ids]  # (id, relative path, bytes)
-    settings = {"format": FORMAT, "model": model.name, "weights": weights_digest(model), "layers": layers,
+    settings = {"format": FORMAT, "model": model.name, "weights": model.weights_digest(), "layers": layers,
                 "top": top, "bottom": bottom, "size": size, "batch_size": batch_size,
                 "dataset": files_hash(files), "files": files_hash(held), "n_files": len(held)}
     run = {"data_root": str(root.resolve()), "shard": f"{shard[0]}/{shard[1]}" if shard else None,

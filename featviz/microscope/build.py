@@ -141,13 +141,11 @@ def build(model="efficientnet_lite0", out: str | os.PathLike = "microscope", dat
 class _Builder:
     def __init__(self, model, site: Path, man: Manifest, s: BuildSettings, layers, plan, class_list, data, say,
                  progress, engine):
-        from ..examples.stream import weights_digest
-
         self.model, self.site, self.man, self.s = model, site, man, s
         self.layers, self.plan, self.class_list, self.data = layers, plan, class_list, data
         self.say, self.progress, self.engine = say, progress, engine
         self.slug = slug(model.name)
-        self.model_id = {"name": model.name, "weights": weights_digest(model)}
+        self.model_id = {"name": model.name, "weights": model.weights_digest()}
         self.report = BuildReport(site, model.name, layers, sum(len(v) for v in plan.values()), engine=engine.name)
 
     # -- helpers -------------------------------------------------------------------------------------

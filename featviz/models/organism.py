@@ -8,6 +8,7 @@ table of its layers (PyTorch dotted names, channels, spatial size).
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -93,6 +94,16 @@ class ModelOrganism(nn.Module):
         if getattr(self, "channels_last", False):
             self.network.to(memory_format=torch.channels_last)
         return out
+
+    def weights_digest(self) -> str:
+        """SHA-256 (32 hex digits) of the network's parameters and buffers, names, dtypes and shapes:
+        what a store, a site or a worker's cached copy was made with (other weights are refused)."""
+        digest = hashlib.sha256()
+        for key, tensor in self.network.state_dict().items():
+            tensor = tensor.detach().cpu().contiguous()
+            digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        return digest.hexdigest()[:32]
 
     # -- classes ----------------------------------------------------------
     @property
