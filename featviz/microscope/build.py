@@ -237,7 +237,7 @@ class _Builder:
 
     # -- dataset examples -------------------------------------------------------------------------------------
     def examples(self):
-        from ..examples import ExampleStore, collect
+        from ..examples import ExampleStore, PassOptions, collect
 
         t = time.perf_counter()
         path = self.site / self.slug / EXAMPLES_DIR
@@ -253,8 +253,8 @@ class _Builder:
         self.say(f"dataset examples of {', '.join(wanted)} over "
                  f"{self.data if self.data is not None else 'the embedded demo photos'}")
         store = collect(self.model, self.data, wanted, self.s.k, store=path, size=self.s.examples_size,
-                        overwrite=True, checkpoint_every=10.0, progress=self.progress, log=self.say,
-                        engine=self.engine)
+                        overwrite=True, engine=self.engine,
+                        options=PassOptions(checkpoint_every=10.0, progress=self.progress, log=self.say))
         self.report.seconds["examples"] += time.perf_counter() - t
         return store
 

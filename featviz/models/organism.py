@@ -139,6 +139,19 @@ class ModelOrganism(nn.Module):
         raise UnknownLayerError(f"unknown layer '{name}' in {self.name}.{suggest(name, dict.fromkeys(known))}"
                                 f" ('featviz layers {self.name}' lists them)")
 
+    def default_layers(self, n: int = 4, *, first: bool = False) -> list[str]:
+        """``n`` spatial main layers evenly spread over the depth, the deepest included; with
+        ``first`` the shallowest too (lite0, n=4: blocks.2, blocks.7, blocks.12, head; n=3:
+        blocks.4, blocks.10, head). What a command shows when no layers are given."""
+        spatial = [info.name for info in self.layers() if info.spatial]
+        if len(spatial) <= n:
+            return spatial
+        if first:  # positions 0 .. len-1 at equal steps
+            picks = np.linspace(0, len(spatial) - 1, n).round().astype(int)
+        else:  # the ends of n equal slices of the depth
+            picks = [max(0, round(len(spatial) * i / n) - 1) for i in range(1, n + 1)]
+        return list(dict.fromkeys(spatial[int(i)] for i in picks))
+
     def check_channel(self, layer: str, channel: int) -> int:
         info = self.layer(layer)
         if not 0 <= channel < info.channels:
