@@ -28,6 +28,7 @@ from .spec import is_spec_path, load_spec
 DEFAULT_MODEL = "efficientnet_lite0"
 
 __all__ = ["load", "from_module", "available", "register", "registered", "unregister", "with_weights",
+           "is_model_reference",
            "ModelOrganism", "LayerInfo", "LOGITS", "DEFAULT_MODEL", "imagenet_labels"]
 
 
@@ -94,6 +95,16 @@ def load(name: str | os.PathLike | ModelOrganism = DEFAULT_MODEL, device: str | 
     else:
         organism = create_base(name)
     return organism.to(device) if device is not None else organism
+
+
+def is_model_reference(text) -> bool:
+    """True for what ``load`` takes by name: a registered name, a spec file, torchvision:/timm:<arch>.
+    (The CLI uses it to tell a model from a photo or a folder in its first argument.)"""
+    if isinstance(text, ModelOrganism):
+        return True
+    text = os.fspath(text) if isinstance(text, os.PathLike) else text
+    return isinstance(text, str) and (is_spec_path(text) or text.startswith(("torchvision:", "timm:"))
+                                      or text in registered())
 
 
 def create_base(name: str, pretrained: bool = True, where: str | None = None) -> ModelOrganism:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -50,9 +51,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        # torch's message is a page long; its first line names the object that needs code.
-        reason = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line or "Unsupported" in line),
-                      str(exc).splitlines()[0] if str(exc) else "")
+        # torch's message is a page long; one line names the Python object that would need code.
+        match = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if match is None:
+            raise FeatvizError(f"cannot read {path} as a torch checkpoint (not a file written by torch.save, "
+                               "or damaged)") from None
+        reason = f"it refers to {match.group(1)}"
         raise FeatvizError(f"{path} is not a plain state dict: it needs Python code to be unpickled ({reason}), "
                            "and featviz loads checkpoints with torch.load(weights_only=True), which runs no code "
                            f"from the file; {RESAVE_HINT}") from None

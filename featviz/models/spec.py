@@ -114,7 +114,10 @@ def load_spec(path: str | os.PathLike, weights: str | os.PathLike | None = None)
         defaults = dict(labels=None, main_layers=None, channels_last=False)
     resized: list[str] = []
     if weights_path is not None:
-        resized = fit_state_dict(network, read_state_dict(weights_path), str(weights_path))
+        try:
+            resized = fit_state_dict(network, read_state_dict(weights_path), str(weights_path))
+        except FeatvizError as exc:
+            raise FeatvizError(f"{path}: {exc}") from None
     labels = read_labels(spec["labels"], folder, str(path)) if "labels" in spec else defaults["labels"]
     organism = ModelOrganism(network, name, spec.get("input_size", defaults.get("input_size")),
                              spec.get("mean", defaults.get("mean")), spec.get("std", defaults.get("std")),
