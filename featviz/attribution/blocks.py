@@ -31,8 +31,7 @@ from PIL import Image, ImageDraw
 from ..errors import FeatvizError
 from ..models.organism import ModelOrganism
 from . import display
-from ._captum import require_captum
-from .methods import ObjectiveForward, _label_of, as_batch, check_cam_layer, is_rectifier, resolve_target
+from .methods import _label_of, as_batch, check_cam_layer, is_rectifier, resolve_target
 
 
 @dataclass
@@ -88,7 +87,6 @@ def _upsampled_unit(m: torch.Tensor, size) -> np.ndarray:
 def channel_attribution(model: ModelOrganism, photo, layer: str, target=None,
                         size: int | None = None) -> ChannelAttribution:
     """Score every channel of ``layer`` by activation x gradient for ``target`` (default: predicted class)."""
-    attr = require_captum()
     x = as_batch(model, photo, size)
     obj = resolve_target(model, target, x)
     info = model.layer(layer)
@@ -97,15 +95,12 @@ def channel_attribution(model: ModelOrganism, photo, layer: str, target=None,
                            f"map on the photo; pick a convolutional layer such as "
                            f"{[i.name for i in model.layers() if i.spatial][-1]}")
     check_cam_layer(model, layer, obj, what="layer")
-    fwd = ObjectiveForward(model, obj)
     t0 = time.perf_counter()
-    xg = x.clone().requires_grad_(True)
-    prod = attr.LayerGradientXActivation(fwd, model.module(layer)).attribute(xg)
-    if isinstance(prod, (tuple, list)):
-        prod = prod[0]
-    prod = prod.detach()[0].float().cpu()  # (C, h, w)
-    with torch.no_grad():
-        value = float(fwd(x)[0])
+    # On the activations as the organism hands them out (a ViT block's patch tokens on their grid,
+    # a channels-last map permuted), not on the module's raw output as Captum's layer methods would.
+    acts, grads, values = model.layer_gradient(x.clone().requires_grad_(True), layer, obj)
+    prod = (acts * grads)[0].float().cpu()  # (C, h, w)
+    value = float(values[0])
     settings = {"kind": "blocks", "model": model.name, "layer": layer, "target": obj.description,
                 "rule": "activation x gradient summed over space", "seconds": round(time.perf_counter() - t0, 3)}
     if isinstance(photo, (str, bytes)) or hasattr(photo, "__fspath__"):

@@ -142,6 +142,19 @@ class ObjectiveForward(nn.Module):
         return self.objective(acts, x.shape[0])
 
 
+def grad_cam(model: ModelOrganism, x: torch.Tensor, layer: str, objective) -> torch.Tensor:
+    """Grad-CAM map (B, 1, h, w) of ``objective`` at ``layer``: ReLU of the channels weighted by their mean gradient.
+
+    Computed on the layer's activations as the organism hands them out (Captum's
+    LayerGradCam hooks the module's raw output instead, which for a transformer is
+    (B, tokens, C) and for a channels-last block (B, H, W, C)): the same map for
+    convolutional layers, and the patch-token grid for a ViT block.
+    """
+    acts, grads, _ = model.layer_gradient(x, layer, objective)
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    return F.relu((weights * acts).sum(dim=1, keepdim=True))
+
+
 def _guided_backprop_class():
     attr = require_captum()
 
@@ -331,18 +344,17 @@ def attribute(model: ModelOrganism, photo, target=None, method: str = "gradcam",
                             convergence_delta=float(delta.abs().max()))
         elif method in ("gradcam", "guided-gradcam"):
             layer = check_cam_layer(model, layer or default_cam_layer(model, obj), obj)
-            module = model.module(layer)
+            cam = grad_cam(model, xg, layer, obj)
             if method == "gradcam":
-                cam = attr.LayerGradCam(fwd, module).attribute(xg, relu_attributions=True)
                 raw = cam
                 amap = attr.LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), "bilinear")[:, 0]
             else:
+                # Guided Grad-CAM (Selvaraju et al.): guided backprop times the upsampled Grad-CAM map.
                 _warn_if_no_rectifiers(model)
-                ggc = attr.GuidedGradCam(fwd, module)
-                ggc.guided_backprop = _guided_backprop_class()(fwd)
                 with warnings.catch_warnings():  # Captum's note about hooking ReLUs, on every call
                     warnings.filterwarnings("ignore", message="Setting backward hooks")
-                    raw = ggc.attribute(xg, interpolate_mode="bilinear")
+                    guided = _guided_backprop_class()(fwd).attribute(xg)
+                raw = guided * attr.LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), "bilinear")
                 amap = raw.abs().amax(1)
             settings["layer"] = layer
         else:  # pragma: no cover - canonical_method guards this

@@ -23,8 +23,10 @@ def _model_and_photo(model: str, photo: str | None) -> tuple[str, str]:
     if photo is None:
         from pathlib import Path
 
-        from ..models import DEFAULT_MODEL
+        from ..models import DEFAULT_MODEL, is_model_reference
 
+        if is_model_reference(model):
+            raise click.UsageError("missing argument PHOTO")
         if Path(model).exists() or Path(model).suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif",
                                                                    ".tiff", ".gif"):
             return DEFAULT_MODEL, model

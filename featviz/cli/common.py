@@ -7,18 +7,46 @@ from ..models import DEFAULT_MODEL, load
 
 # MODEL is required: an optional first argument would swallow the next one
 # (click fills arguments left to right). Only `featviz layers` defaults it.
-model_argument = click.argument("model", metavar="MODEL")
-optional_model_argument = click.argument("model", default=DEFAULT_MODEL, metavar="[MODEL]")
+# MODEL is a name (featviz models), a model spec file (my_net.toml) or torchvision:/timm:<arch>;
+# both decorators add --weights (below), which load_model reads.
+def model_argument(f):
+    return weights_option(click.argument("model", metavar="MODEL")(f))
+
+
+def optional_model_argument(f):
+    return weights_option(click.argument("model", default=DEFAULT_MODEL, metavar="[MODEL]")(f))
+
+
 device_option = click.option("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
 
+_WEIGHTS_KEY = "featviz.weights"
 
-def load_model(name: str, device: str | None = None):
-    """Load a model organism on the requested device (CUDA if present and not stated)."""
+
+def _remember_weights(ctx: click.Context, _param, value):
+    if value is not None:
+        ctx.meta[_WEIGHTS_KEY] = value
+    return value
+
+
+# Every command that takes MODEL takes --weights: load_model reads it from the click context, so a
+# command only adds the decorator. MODEL may also be a spec file (my_net.toml) naming its weights.
+weights_option = click.option(
+    "--weights", type=click.Path(dir_okay=False), default=None, expose_value=False, callback=_remember_weights,
+    is_eager=True, help="state dict (.pt/.pth/.safetensors) to load into MODEL: the short form of a model spec "
+                        "(a classifier of another size is resized to the checkpoint)")
+
+
+def load_model(name: str, device: str | None = None, weights: str | None = None):
+    """Load a model organism (name or spec file) on the requested device (CUDA if present and not
+    stated), with the command's --weights unless ``weights`` is given."""
     import torch
 
+    if weights is None:
+        ctx = click.get_current_context(silent=True)
+        weights = ctx.meta.get(_WEIGHTS_KEY) if ctx is not None else None
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return load(name, device=device)
+    return load(name, device=device, weights=weights)
 
 
 def parse_range(text: str) -> list[int]:
