@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from ..devices import resolve_device
 from ..errors import FeatvizError, UnknownModelError, suggest
 from .organism import LOGITS, LayerInfo, ModelOrganism
 
@@ -69,6 +70,8 @@ def load(name: str = DEFAULT_MODEL, device: str | torch.device | None = None) ->
     ``efficientnet_lite0|1|2`` are built in; ``torchvision:resnet50`` and
     ``timm:resnet50`` use those packages if installed.
     """
+    if device is not None:
+        device = resolve_device(device)
     if isinstance(name, ModelOrganism):
         return name.to(device) if device is not None else name
     if name in BUILTIN:
