@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw
 from ..errors import FeatvizError
 from ..models.organism import ModelOrganism
 from . import display
-from .methods import _label_of, as_batch, check_cam_layer, is_rectifier, resolve_target
+from .methods import as_batch, class_label, check_cam_layer, is_rectifier, resolve_target
 
 
 @dataclass
@@ -50,6 +50,7 @@ class ChannelAttribution:
     image: torch.Tensor
     value: float
     settings: dict[str, Any] = field(default_factory=dict)
+    class_index: int | None = None  # the class the target scores, if it is about one class (Objective.class_index)
 
     def top(self, k: int = 6, negative: bool = False) -> list[int]:
         """Indices of the ``k`` channels with the largest (or most negative) scores."""
@@ -105,7 +106,8 @@ def channel_attribution(model: ModelOrganism, photo, layer: str, target=None,
                 "rule": "activation x gradient summed over space", "seconds": round(time.perf_counter() - t0, 3)}
     if isinstance(photo, (str, bytes)) or hasattr(photo, "__fspath__"):
         settings["photo"] = str(photo)
-    return ChannelAttribution(layer, obj.description, prod.sum((1, 2)), prod, x[0].detach().cpu(), value, settings)
+    return ChannelAttribution(layer, obj.description, prod.sum((1, 2)), prod, x[0].detach().cpu(), value, settings,
+                              obj.class_index)
 
 
 # -- the sheet -------------------------------------------------------------------------------
@@ -201,7 +203,7 @@ def _draw_sheet(model, ca: ChannelAttribution, chans, thumbs, tile, alpha, cmap,
     rows = 2 if thumbs is not None else 1
     cap = 2 * line + 4
     width = pad + cols * (tile + pad)
-    label = _label_of(model, ca.target)
+    label = class_label(model, ca.class_index)
     pred = model.predict(ca.image[None].to(model.device), 1)[0][0]
     title = (f"{model.name}, layer {ca.layer}: channels ranked by activation x gradient (summed over space) for "
              f"{ca.target}{label} = {ca.value:.2f}. Top-1 prediction: {pred[1]} ({pred[2]:.0%}).")
