@@ -7,11 +7,12 @@ from pathlib import Path
 import click
 
 from ..errors import FeatvizError
-from .common import device_option, engine_options, load_model, make_engine, model_argument, parse_range
+from .common import device_option, engine_options, load_model, make_engine, model_argument, parse_indices
 
 
-def _units(text: str | None):
-    """'8' -> the first 8 units; '0-31' / '3,7,9' -> those units; 'all' -> every unit."""
+def _units(text: str | None, organism):
+    """'8' -> the first 8 units; '0-31' / '3,7,9' -> those units; 'all' -> every unit.
+    Listed units are checked against the widest layer before the list is made (each layer checks its own)."""
     if text is None:
         return None
     text = text.strip()
@@ -19,7 +20,8 @@ def _units(text: str | None):
         return "all"
     if text.isdigit():
         return int(text)
-    return tuple(parse_range(text))
+    widest = max(info.channels for info in organism.layers(all_modules=True))
+    return tuple(parse_indices(text, "--units", widest, "unit"))
 
 
 @click.group("microscope")
@@ -59,8 +61,10 @@ def build_cmd(model, data_dir, layers, units, out, steps, size, quick, batch_siz
     from ..microscope import build
 
     organism = load_model(model, device)
-    overrides = dict(layers=layers, units=_units(units), steps=steps, size=size, batch_size=batch_size, k=k,
-                     seed=seed, classes=tuple(parse_range(classes)) if classes else None)
+    overrides = dict(layers=layers, units=_units(units, organism), steps=steps, size=size, batch_size=batch_size,
+                     k=k, seed=seed,
+                     classes=tuple(parse_indices(classes, "--classes", organism.num_classes, "class"))
+                     if classes else None)
     log = None if quiet else (lambda msg: click.echo(msg, err=True))
     if data_dir is None and not quiet:
         click.echo("no --data given: using the embedded demo photos", err=True)
