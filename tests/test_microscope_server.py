@@ -534,3 +534,20 @@ def test_serve_refuses_a_time_limit_that_is_not_a_time(site, value, monkeypatch)
     result = CliRunner().invoke(main, ["serve", str(site), "--timeout", value])
     line = one_error_line(result)
     assert "--timeout" in line and value in line, line
+
+
+def test_serve_answers_to_the_names_it_is_given_or_bound_to(site, monkeypatch):
+    from click.testing import CliRunner
+
+    import featviz.server
+    from featviz.cli import main
+    from featviz.server.run import names_for
+
+    calls = []
+    monkeypatch.setattr(featviz.server, "serve", lambda *a, **kw: calls.append(kw))
+    result = CliRunner().invoke(main, ["serve", str(site), "--host", "0.0.0.0", "--allow-host", "microscope.lan"])
+    assert result.exit_code == 0 and "warning: binding to 0.0.0.0" in result.output, result.output
+    assert calls[0]["served_names"] == ("microscope.lan",) and calls[0]["limits"].job_timeout == 300
+    assert names_for("127.0.0.1") == () and names_for("::1") == ()
+    assert names_for("box.example") == ("box.example",)
+    assert socket.gethostname() in names_for("0.0.0.0", ("microscope.lan",))

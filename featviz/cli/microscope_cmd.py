@@ -114,7 +114,7 @@ def _serve(site, model, host, names, port, workers, max_queue, per_client, max_s
         click.echo(f"warning: binding to {host} lets other machines use this renderer", err=True)
     click.echo(f"serving {site} at http://{host if ':' not in host else '[' + host + ']'}:{port}/  (Ctrl-C stops)",
                err=True)
-    serve(site, model, host=host, port=port, limits=limits, names=names)
+    serve(site, model, host=host, port=port, limits=limits, served_names=names)
 
 
 @click.command("serve")

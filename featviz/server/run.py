@@ -129,7 +129,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def served_names(host: str, extra=()) -> tuple[str, ...]:
+def names_for(host: str, extra=()) -> tuple[str, ...]:
     """Host names the server answers to when bound to ``host`` (IP addresses and localhost always)."""
     names = list(extra)
     if host in WILDCARD_HOSTS:
@@ -142,8 +142,8 @@ def served_names(host: str, extra=()) -> tuple[str, ...]:
     return tuple(dict.fromkeys(n for n in names if n))
 
 
-def _config(site, model, host: str, port: int, log_level: str, limits: Limits, names) -> Any:
-    app = create_app(site, model, limits=limits, served_names=served_names(host, names))
+def _config(site, model, host: str, port: int, log_level: str, limits: Limits, served_names) -> Any:
+    app = create_app(site, model, limits=limits, served_names=names_for(host, served_names))
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, http=protocol_for(limits),
                             limit_concurrency=None, timeout_keep_alive=limits.keep_alive,
                             h11_max_incomplete_event_size=16 * 1024, server_header=False)
@@ -151,10 +151,10 @@ def _config(site, model, host: str, port: int, log_level: str, limits: Limits, n
 
 
 def serve(site, model=None, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", *,
-          limits: Limits | None = None, names=(), **limit_overrides) -> None:
-    """Run the app with uvicorn (blocking). ``names``: more host names the server is reached by."""
+          limits: Limits | None = None, served_names=(), **limit_overrides) -> None:
+    """Run the app with uvicorn (blocking). ``served_names``: more host names the server is reached by."""
     limits = replace(limits or Limits(), **limit_overrides)
-    _, config = _config(site, model, host, port, log_level, limits, names)
+    _, config = _config(site, model, host, port, log_level, limits, served_names)
     uvicorn.Server(config).run()
 
 
@@ -184,7 +184,7 @@ class BackgroundServer:
 
 
 def serve_in_background(site, model=None, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
-                        start_timeout: float = 60.0, *, limits: Limits | None = None, names=(),
+                        start_timeout: float = 60.0, *, limits: Limits | None = None, served_names=(),
                         **limit_overrides) -> BackgroundServer:
     """Start ``featviz serve`` for ``site`` in a daemon thread and return once it accepts
     connections. ``port`` 0 takes a free one; ``.url`` says where, ``.stop()`` ends it."""
@@ -193,7 +193,7 @@ def serve_in_background(site, model=None, host: str = "127.0.0.1", port: int = 0
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.bind((host, 0))
             port = probe.getsockname()[1]
-    app, config = _config(site, model, host, port, log_level, limits, names)
+    app, config = _config(site, model, host, port, log_level, limits, served_names)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True, name="featviz-serve")
     thread.start()
