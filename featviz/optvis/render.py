@@ -63,7 +63,7 @@ class Recipe:
 
     def __post_init__(self):
         check_integer("steps", self.steps, 1, MAX_STEPS)
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (
+        if isinstance(self.lr, bool) or not isinstance(self.lr, numbers.Real) or not (
                 self.lr > 0 and math.isfinite(self.lr)):
             raise FeatvizError(f"learning rate must be a positive number, got {self.lr!r}")
         if self.max_rows is not None:
@@ -92,6 +92,7 @@ RECIPES = {
     # Quick previews (tests, the microscope's quick mode).
     "quick": Recipe("quick", steps=32, lr=0.08),
 }
+
 
 @dataclass
 class RenderResult:
