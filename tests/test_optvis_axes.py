@@ -266,3 +266,14 @@ def test_cli_render_writes_jpeg_with_settings(tiny_cli, tmp_path):
     with Image.open(tmp_path / "x.jpg") as img:
         assert img.format == "JPEG"
     assert json.dumps(read_settings(tmp_path / "x.jpg")).count("conv2:1") == 1
+
+
+def test_objectives_say_their_class(tiny):
+    from featviz.attribution.methods import class_label
+
+    assert O.parse("logit:3").class_index == 3 and O.parse("prob:7").class_index == 7
+    assert O.parse("2*logit:3").class_index == 3
+    assert O.parse("logit:3 - logit:4").class_index is None and O.parse("conv2:1").class_index is None
+    assert O.parse("logit:3 + conv2:1").class_index is None
+    assert class_label(tiny, O.parse("logit:3").class_index) == " (class3)"
+    assert class_label(tiny, None) == ""

@@ -78,7 +78,7 @@ def describe(value):
     if isinstance(value, TransformSpec):
         return asdict(value)
     if isinstance(value, functools.partial):
-        keywords = ", ".join(f"{k}={v!r}" for k, v in value.keywords.items())
+        keywords = ", ".join(f"{name}={setting!r}" for name, setting in value.keywords.items())
         return f"partial({describe(value.func)}{', ' if keywords else ''}{keywords})"
     if isinstance(value, type) or inspect.isfunction(value) or inspect.ismethod(value):
         return f"{value.__module__}.{value.__qualname__}"
@@ -150,7 +150,7 @@ def _positional_arity(fn) -> int:
     kinds = [p.kind for p in signature.parameters.values()]
     if inspect.Parameter.VAR_POSITIONAL in kinds:
         return 2
-    return sum(k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds)
+    return sum(kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for kind in kinds)
 
 
 # -- optimizer and schedule -------------------------------------------------------------------

@@ -17,7 +17,9 @@ from ..errors import FeatvizError
 from ..models.organism import ModelOrganism
 
 PROBE_SIZE = 64
-BACKWARD_FACTOR = 2.0  # the backward pass holds gradients about the size of what it consumes
+# The backward pass holds gradients about the size of what it consumes. Measured on EfficientNet-Lite0 to
+# blocks.8 at 64 px: peak RSS grew 0.37 / 1.16 GiB at batch 64 / 256, estimated 0.50 / 1.98 GiB (an upper bound).
+BACKWARD_FACTOR = 2.0
 # Per image pixel and channel, in floats: the parameterization, its gradient, two Adam moments and the
 # intermediate images of its forward (inverse FFT, colour matrix, sigmoid), with room to spare.
 IMAGE_COPIES = 10

@@ -280,8 +280,8 @@ def batched_channels(layer_channels: Sequence[tuple[str, int]], kind: str = "cha
             rows = (torch.arange(views, device=dev)[:, None] * n + images[None, :]).flatten()
             picked = a[rows, chans.repeat(views)]  # (views * members, H, W)
             if kind == "neuron":
-                h, w = picked.shape[-2:]
-                v = picked[:, h // 2, w // 2]
+                height, width = picked.shape[-2:]
+                v = picked[:, height // 2, width // 2]
             else:
                 v = picked.mean((1, 2))
             if values is None:
@@ -345,14 +345,15 @@ def _parse_term(term: str, spec: str) -> Objective:
     if head in ("dream", "deepdream", "layer"):
         return deepdream(rest)
     if head == "neuron":
-        layer, _, ch = rest.rpartition(":")
-        ch, _, at = ch.partition("@")
-        if at:
-            x, _, y = at.partition(",")
-            return neuron(layer, _parse_int(ch, "channel", spec), _parse_int(x, "x", spec), _parse_int(y, "y", spec))
-        return neuron(layer, _parse_int(ch, "channel", spec))
-    layer, _, ch = term.rpartition(":")
-    return channel(layer, _parse_int(ch, "channel", spec))
+        layer, _, channel_text = rest.rpartition(":")
+        channel_text, _, position = channel_text.partition("@")
+        if position:
+            x, _, y = position.partition(",")
+            return neuron(layer, _parse_int(channel_text, "channel", spec), _parse_int(x, "x", spec),
+                          _parse_int(y, "y", spec))
+        return neuron(layer, _parse_int(channel_text, "channel", spec))
+    layer, _, channel_text = term.rpartition(":")
+    return channel(layer, _parse_int(channel_text, "channel", spec))
 
 
 def as_objective(target, model: ModelOrganism | None = None) -> Objective:

@@ -63,7 +63,7 @@ class Recipe:
 
     def __post_init__(self):
         check_integer("steps", self.steps, 1, MAX_STEPS)
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (
+        if isinstance(self.lr, bool) or not isinstance(self.lr, numbers.Real) or not (
                 self.lr > 0 and math.isfinite(self.lr)):
             raise FeatvizError(f"learning rate must be a positive number, got {self.lr!r}")
         if self.max_rows is not None:
@@ -92,6 +92,7 @@ RECIPES = {
     # Quick previews (tests, the microscope's quick mode).
     "quick": Recipe("quick", steps=32, lr=0.08),
 }
+
 
 @dataclass
 class RenderResult:
@@ -124,7 +125,7 @@ class RenderResult:
         return save_image(self.pil(i), path, {**self.settings, "batch_index": i})
 
     def save_gif(self, path, i: int = 0, duration_ms: int = 80):
-        frames = [to_pil(self.snapshots[s][i]) for s in sorted(self.snapshots)]
+        frames = [to_pil(self.snapshots[step][i]) for step in sorted(self.snapshots)]
         return save_gif(frames, path, duration_ms, self.settings)
 
     def _repr_png_(self):  # inline display in Jupyter
@@ -168,12 +169,7 @@ def render(model: ModelOrganism, objective: Objective | str, *, recipe: str | Re
     # Rows (views x images) per forward pass: CPU convolutions lose cache
     # efficiency past ~16 rows at 128 px, GPUs want big batches.
     max_rows = recipe.max_rows or (16 if device.type == "cpu" else 512)
-    views = int(getattr(augment, "views", 1))
-    rows = memory.rows_per_pass(batch, views, max_rows, objective.rowwise)
-    needed = memory.render_bytes(model, objective.layers, batch=batch, views=views, rows=rows,
-                                 channels=4 if alpha else 3, size=size)
-    memory.check_fits(needed, device, f"a render of {batch} image{'s' * (batch > 1)} at {size} px "
-                                      f"({rows} rows per forward pass)")
+    _check_memory(model, objective, batch, int(getattr(augment, "views", 1)), max_rows, 4 if alpha else 3, size)
     image_param = build_param(recipe.param, batch, size, generator=generator, device=device,
                               decorrelate=recipe.decorrelate, decay=recipe.decay, alpha=alpha,
                               init=_check_init_image(init_image, recipe, batch, device))
@@ -389,6 +385,16 @@ def _check_size(model: ModelOrganism, recipe: Recipe, batch: int, size, alpha: b
     return model.input_size if size is None else size
 
 
+def _check_memory(model: ModelOrganism, objective: Objective, batch: int, views: int, max_rows: int,
+                  channels: int, size: int) -> None:
+    """Refuse, before the parameterization is allocated, a render that cannot fit in the device's memory."""
+    rows = memory.rows_per_pass(batch, views, max_rows, objective.rowwise)
+    needed = memory.render_bytes(model, objective.layers, batch=batch, views=views, rows=rows, channels=channels,
+                                 size=size)
+    memory.check_fits(needed, model.device, f"a render of {batch} image{'s' * (batch > 1)} at {size} px "
+                                            f"({rows} rows per forward pass)")
+
+
 def _check_init_image(init_image, recipe: Recipe, batch: int, device: torch.device) -> torch.Tensor | None:
     """A start image (3, H, W) or (1 or batch, 3, H, W), on the model's device; one line for anything else."""
     if init_image is None:
@@ -418,10 +424,10 @@ def _snapshot_steps(snapshots, steps: int) -> set[int]:
     return {check_integer("snapshot step", step, 1, MAX_STEPS) for step in snapshots}
 
 
-def _progress(total: int, desc: str, unit: str = "step"):
+def _progress(total: int, description: str, unit: str = "step"):
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc=desc[:40], unit=unit, leave=False)
+    bar = tqdm(total=total, desc=description[:40], unit=unit, leave=False)
 
     class _Bar:
         def __init__(self):
