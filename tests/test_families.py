@@ -424,3 +424,20 @@ def test_inception_concatenated_channels_name_their_branch():
         ("inception3a.branch4", 12, 14)]
     assert model.unit_description("inception3a", 5) == "inception3a:5 = inception3a.branch2:1"
     assert model.layer("inception3a.branch2").branches == ()  # a Sequential: no concatenation
+
+
+def test_layers_command_shows_branches_and_tokens(tmp_path):
+    """`featviz layers` on specs whose factory is one of the classes above."""
+    from click.testing import CliRunner
+
+    from featviz.cli import main
+
+    for cls, expected in (("InceptionLike", ["channels 4-9", "from inception3a.branch2"]),
+                          ("ViTLike", ["encoder.layers.encoder_layer_0", "(tokens: 1 class/register + patch grid)"])):
+        spec = tmp_path / f"{cls}.toml"
+        spec.write_text(f'factory = "{__file__}:{cls}"\nmean = [0.5, 0.5, 0.5]\nstd = [0.25, 0.25, 0.25]\n'
+                        f'input_size = {SIZE}\n')
+        result = CliRunner().invoke(main, ["layers", str(spec)])
+        assert result.exit_code == 0, result.output
+        for text in expected:
+            assert text in result.output, result.output
