@@ -48,23 +48,19 @@ def examples_cmd(model, data_dir, layers, top, bottom, out, batch_size, size, sh
     Without DATA_DIR, the photos that ship with scikit-image. Interrupted runs (Ctrl-C, kill)
     continue where their last checkpoint left off when the same command is run again.
     """
-    from ..examples import collect
+    from ..examples import PassOptions, collect
 
     if data_dir is None and not is_model_reference(model) and (Path(model).exists() or "/" in model.split(":")[0]):
         model, data_dir = DEFAULT_MODEL, Path(model)  # `featviz examples PHOTOS --out ...`
-    if top < 1:
-        raise FeatvizError(f"--top must be at least 1, got {top}")
-    if bottom < 0:
-        raise FeatvizError(f"--bottom cannot be negative, got {bottom}")
     organism = load_model(model, device)
     if data_dir is None:
         click.echo("no DATA_DIR given: using the scikit-image demo photos", err=True)
-    log = (lambda msg: click.echo(msg, err=True))
+    options = PassOptions(workers=workers, checkpoint_every=checkpoint_every, progress=not quiet,
+                          log=lambda msg: click.echo(msg, err=True))
     try:
         with make_engine(engine, address) as runner:
             store = collect(organism, data_dir, layers, top, bottom=bottom, store=out, batch_size=batch_size,
-                            size=size, shard=shard, overwrite=overwrite, workers=workers,
-                            checkpoint_every=checkpoint_every, progress=not quiet, log=log, engine=runner)
+                            size=size, shard=shard, overwrite=overwrite, engine=runner, options=options)
     except KeyboardInterrupt:
         click.echo(f"interrupted: progress is saved in {out}; run the same command again to continue", err=True)
         sys.exit(130)

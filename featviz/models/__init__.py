@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..devices import resolve_device
 from ..errors import FeatvizError, UnknownModelError, suggest
 from . import registry
 from .checkpoint import fit_state_dict, read_state_dict
@@ -80,6 +81,8 @@ def load(name: str | os.PathLike | ModelOrganism = DEFAULT_MODEL, device: str | 
     ``base = name`` and ``weights = FILE``; a classifier of another size is
     resized to the checkpoint.
     """
+    if device is not None:
+        device = resolve_device(device)
     if isinstance(name, ModelOrganism):
         if weights is not None:
             raise FeatvizError("weights= applies to a model name or spec, not to a loaded organism")

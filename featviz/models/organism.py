@@ -9,6 +9,7 @@ table of its layers (PyTorch dotted names, channels, spatial size).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import weakref
 from dataclasses import dataclass
@@ -157,6 +158,16 @@ class ModelOrganism(nn.Module):
             self.network.to(memory_format=torch.channels_last)
         return out
 
+    def weights_digest(self) -> str:
+        """SHA-256 (32 hex digits) of the network's parameters and buffers, names, dtypes and shapes:
+        what a store, a site or a worker's cached copy was made with (other weights are refused)."""
+        digest = hashlib.sha256()
+        for key, tensor in self.network.state_dict().items():
+            tensor = tensor.detach().cpu().contiguous()
+            digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        return digest.hexdigest()[:32]
+
     # -- classes ----------------------------------------------------------
     @property
     def num_classes(self) -> int | None:
@@ -199,6 +210,19 @@ class ModelOrganism(nn.Module):
         known = [i.name for i in self.layers()] + [i.name for i in self._layer_table()]
         raise UnknownLayerError(f"unknown layer '{name}' in {self.name}.{suggest(name, dict.fromkeys(known))}"
                                 f" ('featviz layers {self.name}' lists them)")
+
+    def default_layers(self, n: int = 4, *, first: bool = False) -> list[str]:
+        """``n`` spatial main layers evenly spread over the depth, the deepest included; with
+        ``first`` the shallowest too (lite0, n=4: blocks.2, blocks.7, blocks.12, head; n=3:
+        blocks.4, blocks.10, head). What a command shows when no layers are given."""
+        spatial = [info.name for info in self.layers() if info.spatial]
+        if len(spatial) <= n:
+            return spatial
+        if first:  # positions 0 .. len-1 at equal steps
+            picks = np.linspace(0, len(spatial) - 1, n).round().astype(int)
+        else:  # the ends of n equal slices of the depth
+            picks = [max(0, round(len(spatial) * i / n) - 1) for i in range(1, n + 1)]
+        return list(dict.fromkeys(spatial[int(i)] for i in picks))
 
     def check_channel(self, layer: str, channel: int) -> int:
         info = self.layer(layer)
