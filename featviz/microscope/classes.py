@@ -82,6 +82,10 @@ def logit_effects_attribution(model, layer: str, units: Sequence[int], images: S
             with torch.no_grad(), fwAD.dual_level():
                 logits = model(x)
                 tangent = fwAD.unpack_dual(logits).tangent
+        except NotImplementedError:  # an op without forward-mode AD (PyTorch's fused attention in a ViT)
+            tangent = None
+            handle.remove()
+            tangent = _central_difference(model, module, layer, x, chans)
         finally:
             handle.remove()
         if tangent is None:  # the logits do not depend on the layer
@@ -90,6 +94,22 @@ def logit_effects_attribution(model, layer: str, units: Sequence[int], images: S
         out.index_add_(0, idx, tangent.float().cpu())
         counts.index_add_(0, idx, torch.ones(len(idx)))
     return out / counts.clamp_min(1)[:, None]
+
+
+@torch.no_grad()
+def _central_difference(model, module, layer: str, x: torch.Tensor, chans: torch.Tensor, eps: float = 1e-2):
+    """d logits / d(uniform shift of the unit) as (logits(+eps) - logits(-eps)) / 2 eps."""
+    results = []
+    for sign in (1.0, -1.0):
+        def shift(_module, _inputs, output, sign=sign):
+            return output + sign * eps * model.unit_tangent(layer, output, chans)
+
+        handle = module.register_forward_hook(shift)
+        try:
+            results.append(model(x).double())
+        finally:
+            handle.remove()
+    return ((results[0] - results[1]) / (2 * eps)).float()
 
 
 def top_classes(model, effects: torch.Tensor, k: int) -> tuple[list, list]:
