@@ -27,7 +27,7 @@ from ..engine import Job
 from ..errors import FeatvizError
 from ..imageio import atomic_write
 from .plan import ExamplesPlan, PassOptions
-from .store import DB_NAME, ExampleStore, describe_settings_diff, lock_store, merge
+from .store import DB_NAME, ExampleStore, describe_settings_diff, lock_store, merge, remove_store
 from .stream import run_pass
 
 PLAN = "plan.json"
@@ -69,8 +69,7 @@ def run_sharded(engine, model, plan: ExamplesPlan, options: PassOptions = PassOp
             _unpack(done.result, staging / str(i))
             say(f"examples shard {i + 1}/{n} done in {done.seconds:.1f} s")
         parts = [staging / str(i) for i in range(n)]
-        if store_path.exists():  # an older or unfinished store (only featviz's files: checked by the plan)
-            shutil.rmtree(store_path)
+        remove_store(store_path, plan.overwrite)  # an older or unfinished store: only featviz's own files
         if n == 1:
             os.replace(parts[0], store_path)
         else:

@@ -20,6 +20,7 @@ from torch import nn
 from ..errors import FeatvizError, NonFiniteLossError
 from ..imageio import grid, save_gif, save_png, to_pil
 from ..models.organism import ModelOrganism
+from ..progress import progress_bar
 from .objectives import Objective, as_objective, batched_channels
 from .param import make_param
 from .transforms import TransformSpec, get_spec
@@ -166,7 +167,7 @@ def render(model: ModelOrganism, objective: Objective | str, *, size: int | None
         "init_image": init_image is not None, "featviz": _version(), "torch": torch.__version__,
     }
     result = RenderResult(images=torch.empty(0), settings=settings)
-    bar = _progress(recipe.steps, objective.description) if progress else None
+    bar = progress_bar(recipe.steps, objective.description, leave=False) if progress else None
     start = time.perf_counter()
     def forward_backward():
         """Make the images, take robust views, backpropagate the objective."""
@@ -257,7 +258,8 @@ def render_units(model: ModelOrganism, units: Sequence[tuple[str, int]], *, batc
     chunks = [units[i:i + batch_size] for i in range(0, len(units), batch_size)]
     iterator = chunks
     if progress:
-        iterator = _progress(len(chunks), f"{len(units)} units in batches of {batch_size}", unit="batch")(chunks)
+        iterator = progress_bar(len(chunks), f"{len(units)} units in batches of {batch_size}", unit="batch",
+                                leave=False, iterable=chunks)
     for chunk in iterator:
         objective = batched_channels(list(chunk), kind)
         res = render(model, objective, batch=len(chunk), seed=seed, **kwargs)
@@ -407,27 +409,6 @@ def _check_settings(recipe: Recipe, batch: int) -> None:
         raise FeatvizError(f"unknown optimizer '{recipe.optimizer}': choose one of {', '.join(OPTIMIZERS)}")
     if batch < 1 or batch > 4096:
         raise FeatvizError(f"batch must be between 1 and 4096, got {batch}")
-
-
-def _progress(total: int, desc: str, unit: str = "step"):
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc=desc[:40], unit=unit, leave=False)
-
-    class _Bar:
-        def __init__(self):
-            self._bar = bar
-
-        def __call__(self, iterable):
-            for item in iterable:
-                yield item
-                bar.update(1)
-            bar.close()
-
-        def __getattr__(self, name):
-            return getattr(bar, name)
-
-    return _Bar()
 
 
 def _version() -> str:

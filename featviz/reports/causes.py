@@ -110,8 +110,7 @@ def causes_report(model, layer: str, unit: int, store, out_dir="report-causes", 
     from ..optvis.render import render
 
     say = log or (lambda msg: None)
-    if not isinstance(model, ModelOrganism):
-        model = load(model)
+    model = load(model)
     if not isinstance(store, ExampleStore):
         if not ExampleStore.exists(store):
             raise FeatvizError(f"no examples store at {store}: make one with `featviz examples {model.name} "
