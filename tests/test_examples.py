@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -261,7 +260,12 @@ from test_examples import tiny_model, LAYERS
 from featviz.examples import PassOptions, collect, store as store_mod
 from featviz.examples import stream as mod
 real = store_mod.ExampleStore.save_checkpoint
+saves = [0]
 def save(self, *a, **k):
+    saves[0] += 1
+    if saves[0] == 4:  # the 4th batch is done in memory, its checkpoint not written: wait here to be killed
+        print("holding", flush=True)
+        time.sleep(600)
     real(self, *a, **k)
     print("checkpoint", flush=True)
 store_mod.ExampleStore.save_checkpoint = save
@@ -282,14 +286,10 @@ def test_resume_after_sigkill_equals_uninterrupted_run(photo_dir, reference, tmp
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
-    seen = 0
     for line in proc.stdout:
-        if line.startswith("checkpoint"):
-            seen += 1
-            if seen == 3:
-                time.sleep(0.03)  # somewhere inside the next batch
-                proc.send_signal(signal.SIGKILL)
-                break
+        if line.startswith("holding"):  # after 3 checkpoints, inside the next batch (an event, not a sleep)
+            proc.send_signal(signal.SIGKILL)
+            break
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
     st = open_store(out)

@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from ..errors import FeatvizError
-from ..models import DEFAULT_MODEL, available
-from .common import device_option, engine_options, load_model, make_engine, model_argument, parse_unit
+from ..models import DEFAULT_MODEL, is_model_reference
+from .common import device_option, engine_options, load_model, make_engine, model_argument, parse_unit, weights_option
 
 
 @click.command("examples")
@@ -40,7 +40,7 @@ def examples_cmd(model, data_dir, layers, top, bottom, out, batch_size, size, sh
     """
     from ..examples import PassOptions, collect
 
-    if data_dir is None and model not in available() and (Path(model).exists() or "/" in model.split(":")[0]):
+    if data_dir is None and not is_model_reference(model) and (Path(model).exists() or "/" in model.split(":")[0]):
         model, data_dir = DEFAULT_MODEL, Path(model)  # `featviz examples PHOTOS --out ...`
     organism = load_model(model, device)
     if data_dir is None:
@@ -120,6 +120,7 @@ def examples_show_cmd(store, unit, out, k):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-vis", is_flag=True, help="examples only, no optimized visualization")
 @device_option
+@weights_option
 def compare_cmd(model, unit, store_path, out, k, size, steps, recipe, seed, no_vis, device):
     """Side by side: the optimized visualization of LAYER:UNIT (e.g. blocks.8:12) next to its
     top and bottom dataset examples from STORE. MODEL defaults to the store's model."""
