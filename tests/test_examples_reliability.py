@@ -205,7 +205,7 @@ def test_the_batch_is_capped_by_the_number_of_images(model, photos, tmp_path):
 def test_a_size_that_cannot_fit_in_memory_is_refused_with_the_figure(model, photos, tmp_path, monkeypatch):
     from featviz.examples import plan
 
-    monkeypatch.setattr(plan, "available_memory", lambda: 50 * 2**20, raising=False)
+    monkeypatch.setattr(plan, "available_memory", lambda device=None: 50 * 2**20, raising=False)
     with pytest.raises(FeatvizError, match=r"about \d+(\.\d+)? [MG]B.*available"):
         run(model, photos, tmp_path / "s", size=512)
     assert not (tmp_path / "s").exists()

@@ -10,7 +10,6 @@ runs (threads, checkpoint interval, progress, log), never its result.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -217,19 +216,13 @@ def estimate_memory(model, layers, size: int, batch_size: int) -> int:
     return int(BYTES * (batch_size * per_image + probe))
 
 
-def available_memory() -> int | None:
-    """Bytes of memory the system can give without swapping (Linux MemAvailable), None if unknown."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as info:
-            for line in info:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+def available_memory(device=None) -> int | None:
+    """Bytes a new allocation can use on ``device`` (default the CPU): the one rule featviz uses for
+    renders too (``featviz.optvis.memory.available_bytes``: MemAvailable, a container's limit, CUDA's free
+    memory); None where that cannot be told (then nothing is refused)."""
+    from ..optvis.memory import available_bytes
+
+    return available_bytes(torch.device("cpu") if device is None else torch.device(device))
 
 
 def format_bytes(n: float) -> str:
@@ -244,12 +237,7 @@ def format_bytes(n: float) -> str:
 def check_memory(model, layers, size: int, batch_size: int) -> None:
     """Refuse, before anything is allocated, a size and batch whose pass cannot fit in memory."""
     need = estimate_memory(model, layers, size, batch_size)
-    have = available_memory()
-    device = getattr(model, "device", None)
-    if device is not None and device.type == "cuda":
-        have_gpu = torch.cuda.mem_get_info(device)[0]
-        if need > have_gpu:
-            have = min(have or have_gpu, have_gpu)
+    have = available_memory(getattr(model, "device", None))
     if have is not None and need > have:
         raise FeatvizError(f"dataset examples at input size {size} with batch {batch_size} need about "
                            f"{format_bytes(need)} of memory, but about {format_bytes(have)} is available; "
