@@ -37,7 +37,7 @@ def reference(model, photos, tmp_path_factory):
 
 
 def run(model, photos, out, **kw):
-    options = PassOptions(**{key: kw.pop(key) for key in ("workers", "checkpoint_batches") if key in kw})
+    options = PassOptions(**{key: kw.pop(key) for key in ("workers", "checkpoint_batches", "log") if key in kw})
     return collect(model, photos, LAYERS, **{"k": 2, "bottom": 1, "batch_size": 4, **kw}, store=out,
                    options=options)
 
@@ -239,9 +239,24 @@ def test_missing_crop_files_are_one_line(reference, tmp_path):
     shutil.rmtree(out / "media" / "crops")
     result = cli("examples-show", str(out), "c1:0", "-o", str(tmp_path / "sheet.png"))
     line = one_error_line(result)
-    assert "missing" in line and "--overwrite" in line
+    assert "missing" in line and "rerun" in line
     result = cli("compare", "tiny", "c1:0", "--store", str(out), "-o", str(tmp_path / "sheet.png"), "--no-vis")
     assert "missing" in one_error_line(result)
+
+
+def test_rerunning_a_store_with_deleted_crops_restores_them_exactly(model, photos, reference, tmp_path):
+    import shutil
+
+    out = tmp_path / "D"
+    shutil.copytree(reference.path, out)
+    shutil.rmtree(out / "media" / "crops")
+    (out / "media" / "images" / sorted(os.listdir(out / "media" / "images"))[0]).unlink()
+    with open_store(out) as st:
+        assert st.missing_media()
+    messages = []
+    again = run(model, photos, out, log=messages.append)
+    assert "missing" in messages[-1]
+    assert again.missing_media() == [] and again.digest() == reference.digest()
 
 
 def test_a_full_disk_says_disk_full(model, photos, tmp_path, monkeypatch):

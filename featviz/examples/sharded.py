@@ -41,7 +41,10 @@ def run_sharded(engine, model, plan: ExamplesPlan, options: PassOptions = PassOp
     if ExampleStore.exists(store_path):
         with ExampleStore(store_path) as old:
             same, complete, old_settings = old.settings == settings, old.complete, old.settings
+            missing = complete and bool(old.missing_media())
         if same and complete:
+            if missing:  # media deleted by hand: restored here from the examples table (no pass needed)
+                return run_pass(model, plan, options)
             say(f"store {store_path} is already complete")
             return ExampleStore(store_path)
         if not same and not plan.overwrite:

@@ -99,8 +99,8 @@ class Example:
             with Image.open(self.image_file) as img:
                 return img.convert("RGB")
         except FileNotFoundError:
-            raise FeatvizError(f"{self.image_file} is missing from its example store (deleted?); rerun "
-                               "'featviz examples' with --overwrite to rebuild the store") from None
+            raise FeatvizError(f"{self.image_file} is missing from its example store (deleted?); rerun the "
+                               "'featviz examples' command that made the store to restore it") from None
 
 
 def layer_dirname(layer: str) -> str:
@@ -303,6 +303,16 @@ class ExampleStore(Database):
                 "SELECT layer, unit, kind, rank, image_id, value, pos, box_top, box_left, box_bottom, box_right, "
                 "file FROM examples ORDER BY layer, unit, kind, rank")],
         }
+
+    def rows(self) -> list[tuple]:
+        """The examples table as ``example_rows`` makes it (what ``finish`` wrote)."""
+        return [tuple(r) for r in self._db.execute(
+            "SELECT layer, unit, kind, rank, image_id, value, pos, box_top, box_left, box_bottom, box_right, file "
+            "FROM examples ORDER BY layer, unit, kind, rank")]
+
+    def missing_media(self) -> list[str]:
+        """Crops and images the examples table names but the media folder lacks (deleted by hand)."""
+        return sorted({row[-1] for row in self.rows() if not (self.path / row[-1]).is_file()})
 
     def media_files(self) -> list[str]:
         """Relative paths of the crops and images of the store, sorted."""

@@ -62,7 +62,16 @@ def _run_locked(model, plan: ExamplesPlan, options: PassOptions) -> ExampleStore
     store_path, layers, held = plan.store, list(plan.layers), plan.held
     st = _open_or_create(model, plan, say)
     if st.complete:
-        say(f"store {store_path} is already complete")
+        missing = st.missing_media()
+        if not missing:
+            say(f"store {store_path} is already complete")
+            return st
+        # Crops deleted by hand: made again from the examples table, byte for byte what the pass wrote.
+        say(f"store {store_path} is complete but {len(missing)} of its media files are missing: writing them again")
+        partial = store_path / PARTIAL_MEDIA
+        shutil.rmtree(partial, ignore_errors=True)
+        _write_media(st.rows(), plan, model, partial, options.workers or min(4, os.cpu_count() or 1))
+        st.install_media(partial)
         return st
     records = {name: st.layer(name) for name in layers}
     dev = model.device
