@@ -6,17 +6,7 @@ from pathlib import Path
 import click
 
 from ..errors import FeatvizError
-from .common import device_option, load_model, model_argument, parse_range
-
-
-def _unit(spec: str) -> tuple[str, int]:
-    layer, sep, unit = spec.rpartition(":")
-    try:
-        if not sep or not layer:
-            raise ValueError
-        return layer, int(unit)
-    except ValueError:
-        raise FeatvizError(f"expected LAYER:UNIT such as blocks.8:12, got {spec!r}") from None
+from .common import device_option, load_model, model_argument, parse_range, parse_unit
 
 
 def _classes(text: str) -> list[int]:
@@ -101,7 +91,7 @@ def causes_cmd(model, unit, store, k, steps, size, mask_frac, method, seed, out,
     from ..attribution.methods import canonical_method
     from ..reports.causes import causes_report
 
-    layer, index = _unit(unit)
+    layer, index = parse_unit(unit)
     _positive("--k", k)
     _positive("--steps", steps)
     if size < 16:

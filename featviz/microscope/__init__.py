@@ -17,7 +17,7 @@ manifest in the site); ``featviz serve`` serves the site and renders on demand.
 """
 from .build import BuildReport, build, resolve_settings
 from .manifest import Manifest, Panel
-from .settings import PRESETS, BuildSettings, default_layers, preset, slug
+from .settings import PRESETS, BuildSettings, preset, slug
 
 __all__ = ["build", "BuildReport", "BuildSettings", "PRESETS", "preset", "resolve_settings", "Manifest", "Panel",
-           "default_layers", "slug"]
+           "slug"]

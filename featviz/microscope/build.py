@@ -107,13 +107,10 @@ def build(model="efficientnet_lite0", out: str | os.PathLike = "microscope", dat
     this process writes the site, so the result is the same.
     Returns a ``BuildReport``; rerunning skips what is up to date.
     """
-    from ..models import ModelOrganism, load
+    from ..models import load
 
     say = log or (lambda msg: None)
-    if not isinstance(model, ModelOrganism):
-        model = load(model, device=device)
-    elif device is not None:
-        model = model.to(device)
+    model = load(model, device=device)
     s = resolve_settings(data, quick, settings, **overrides)
     site = Path(out)
     if site.exists() and not site.is_dir():

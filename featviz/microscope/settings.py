@@ -126,18 +126,9 @@ def check(s: BuildSettings) -> None:
         raise FeatvizError(f"units must be at least 1, got {s.units}")
 
 
-def default_layers(model, n: int) -> list[str]:
-    """``n`` spatial main layers evenly spread over the depth, the deepest included
-    (EfficientNet-Lite0, n=3: blocks.4, blocks.10, head)."""
-    spatial = [info.name for info in model.layers() if info.spatial]
-    if len(spatial) <= n:
-        return spatial
-    return list(dict.fromkeys(spatial[max(0, round(len(spatial) * i / n) - 1)] for i in range(1, n + 1)))
-
-
 def choose_layers(model, s: BuildSettings) -> list[str]:
     if not s.layers:
-        return default_layers(model, s.n_layers)
+        return model.default_layers(s.n_layers)
     names = list(dict.fromkeys(s.layers))
     for name in names:
         info = model.layer(name)
