@@ -425,3 +425,19 @@ def test_compare_two_models_in_one_site(tmp_path, photos):
     html = (site / rel).read_text()
     assert html.count('id="compare-class-') == 2 and "tiny c2" in html and "twin c3" in html
     assert 'href="../_compare/tiny--twin/index.html"' in (site / "tiny" / "index.html").read_text()
+
+
+def test_caricature_of_a_given_photo_is_a_layer_panel(tmp_path, photos):
+    site = tmp_path / "site"
+    photo = sorted(photos.iterdir())[0]
+    settings = TINY | {"layers": ["c2"], "units": 2, "steps": 2, "n_classes": 0, "classes": ()}
+    with pytest.raises(FeatvizError, match="caricature photo not found"):
+        build(tiny_model(), site, photos, **(settings | {"caricature_photo": str(tmp_path / "nope.jpg")}))
+    report = build(tiny_model(), site, photos, **(settings | {"caricature_photo": str(photo)}))
+    assert report.made["caricature"] == 1  # one per layer, not one per unit
+    assert (site / "tiny" / "c2" / "caricature.png").is_file() and not (site / "tiny" / "c2" / "0" / "caricature.png").exists()
+    with Image.open(site / "tiny" / "c2" / "caricature-photo.jpg") as img:
+        assert img.size == (32, 32)
+    unit = (site / "tiny" / "c2" / "1" / "index.html").read_text()
+    assert "the photo given to the build" in unit and "../../../tiny/c2/caricature.png" in unit
+    assert 'id="caricature"' in (site / "tiny" / "c2" / "index.html").read_text()

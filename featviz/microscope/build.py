@@ -117,6 +117,8 @@ def build(model="efficientnet_lite0", out: str | os.PathLike = "microscope", dat
     elif device is not None:
         model = model.to(device)
     s = resolve_settings(data, quick, settings, **overrides)
+    if s.caricature_photo is not None and not Path(s.caricature_photo).is_file():
+        raise FeatvizError(f"caricature photo not found: {s.caricature_photo}")
     site = Path(out)
     if site.exists() and not site.is_dir():
         raise FeatvizError(f"{site} exists and is not a folder")
@@ -384,13 +386,14 @@ class _Builder:
         import numpy as np
         from PIL import Image
 
-        from ..examples import read_photo
+        from ..examples import letterbox, read_photo
 
         photo = self.s.caricature_photo
         if photo is not None:
             try:
                 data = Path(photo).read_bytes()
-                pixels = np.array(read_photo(photo))
+                # letterboxed (grey bars) rather than stretched to the square canvas
+                pixels = np.array(letterbox(read_photo(photo), self.s.size))
             except (OSError, FeatvizError) as exc:
                 raise FeatvizError(f"cannot read the caricature photo {photo}: {exc}") from None
             h, settings = self.hash_of(CARICATURE, {"photo": hashlib.sha256(data).hexdigest()})
@@ -427,13 +430,13 @@ class _Builder:
 
     def _finish_caricatures(self, layer, rows, seed, settings, h, label, results, seconds) -> None:
         panels = []
-        for (u, _pixels, source, photo_rel), (image, figures) in zip(rows, results):
+        for (u, pixels, source, photo_rel), (image, figures) in zip(rows, results):
             meta = {"panel": CARICATURE, "layer": layer, "unit": u, "settings": settings, "seed": seed,
                     "photo": source}
             folder = self.rel(layer_dir(layer)) if u < 0 else self.rel(layer_dir(layer), u)
             files = [self.save(image, f"{folder}/caricature.png", meta)]
             if photo_rel is None:  # the given photo: keep a copy beside its caricature
-                files.append(self._thumb_sized(_pixels[0].float() / 255.0, f"{folder}/caricature-photo.jpg",
+                files.append(self._thumb_sized(pixels[0].float() / 255.0, f"{folder}/caricature-photo.jpg",
                                                self.s.size))
                 photo_rel = files[-1]
             panels.append(Panel(self.slug, layer, u, CARICATURE, h, tuple(files),

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import FeatvizError
 from .manifest import Manifest, Panel
-from .settings import CLASS_VIS, COMPARE, COMPARE_DIR, EXAMPLES_DIR, MANIFEST_NAME, digest, slug
+from .settings import COMPARE, COMPARE_DIR, EXAMPLES_DIR, MANIFEST_NAME, digest, slug
 
 PHOTO_BATCH = 16
 
@@ -68,12 +68,21 @@ def best_matches(acts_a: np.ndarray, acts_b: np.ndarray) -> list[list]:
 
 
 def _photos(site: Path, slugs: list[str]) -> list[Path]:
-    """The whole photos the dataset-examples passes of both models kept (their union, in order)."""
-    found = []
+    """The whole photos the dataset-examples passes of both models kept: their union, each source
+    photo once (two builds over the same folder keep copies of the same photos)."""
+    from ..examples import ExampleStore
+
+    found: dict[str, Path] = {}
     for model_slug in slugs:
-        folder = site / model_slug / EXAMPLES_DIR / "media" / "images"
-        found += sorted(folder.glob("*.jpg")) if folder.is_dir() else []
-    return found
+        path = site / model_slug / EXAMPLES_DIR
+        if not ExampleStore.exists(path):
+            continue
+        with ExampleStore(path) as store:
+            root, sources = store.data_root, store.images()
+        for file in sorted((path / "media" / "images").glob("*.jpg")):
+            source = sources[int(file.stem)] if file.stem.isdigit() and int(file.stem) < len(sources) else file.name
+            found.setdefault(f"{root}/{source}", file)
+    return list(found.values())
 
 
 def _top_crops(site: Path, model_slug: str, layer: str, channels: int) -> dict[str, str]:
