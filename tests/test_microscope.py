@@ -413,7 +413,7 @@ def test_compare_two_models_in_one_site(tmp_path, photos):
                        labels=[f"class{i}" for i in range(10)], main_layers=["c1", "c2", "c3", "fc"])
     build(twin, site, photos, **settings)
     with pytest.raises(FeatvizError, match="has no other"):
-        compare(site, a, from_module(a.network, name="other", input_size=32))
+        compare(site, a, from_module(a.network, name="other", input_size=32, mean=(0.5,) * 3, std=(0.25,) * 3))
     rel = compare(site, a, twin)
     assert rel == "_compare/tiny--twin/index.html"
     with Manifest(site) as man:
