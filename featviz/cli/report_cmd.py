@@ -28,7 +28,7 @@ site_option = click.option("--site", type=click.Path(path_type=Path), default=No
 
 def _publish(site: Path | None, out: Path) -> None:
     if site is not None:
-        from ..microscope.pages import add_report
+        from ..microscope.report_pages import add_report
 
         click.echo(f"added to the microscope: {site / add_report(site, out)}")
 
@@ -162,16 +162,10 @@ def transfer_cmd(model, data_dir, layers, size, per_class, folds, seed, pixels, 
 
 def _check_site(site: Path, model_name: str) -> None:
     """Fail before the work, not after it, if the site cannot take the report."""
-    from ..microscope.manifest import Manifest
-    from ..microscope.settings import MANIFEST_NAME, slug
+    from ..microscope.report_pages import check_report_site
 
-    if not (site / MANIFEST_NAME).is_file():
-        raise FeatvizError(f"no microscope at {site}: build one with `featviz microscope build {model_name} "
-                           f"--out {site}`")
-    with Manifest(site, create=False, readonly=True) as man:
-        if man.model(slug(model_name)) is None:
-            raise FeatvizError(f"the microscope at {site} has no {model_name}: build it with "
-                               f"`featviz microscope build {model_name} --out {site}`")
+    check_report_site(site, model_name)
+
 
 # Registered on the `featviz` group by featviz/cli/__init__.py, in this order.
 COMMANDS = [report]

@@ -40,6 +40,7 @@ from ..errors import FeatvizError
 from ..models import load
 from ..models.organism import ModelOrganism
 from ._common import environment, md_table, out_folder, pyplot, save_figure, write_json, write_text
+from .site import SiteEntry
 
 PIXELS = "pixels"          # pseudo layer: the input itself, average-pooled to PIXEL_GRID x PIXEL_GRID
 PIXEL_GRID = 8
@@ -628,6 +629,26 @@ def _summary(rows: list[dict], chance: float) -> dict:
         out["largest_gap"] = {"layer": widest["layer"], "gap": widest["gap"]}
         out["gaps"] = {r["layer"]: r["gap"] for r in nets}
     return out
+
+
+def site_entry(results: dict) -> SiteEntry:
+    """The report on a microscope's model page: the best layers in one line, and each layer's probe
+    accuracy (trained, random init) beside it in the layer table."""
+    s = results.get("summary") or {}
+    if not s.get("trained"):
+        return SiteEntry("transfer")
+    trained, random = s["trained"], s["random"]
+
+    def cell(value):
+        return "" if value is None else f"{value:.3f}"
+
+    cells = {r["layer"]: [cell(r["trained"]["accuracy"]), cell((r.get("random") or {}).get("accuracy"))]
+             for r in results.get("rows", [])}
+    summary = (f"linear probes on a new task ({len(results['data']['classes'])} classes); best layer: trained "
+               f"{trained['peak_layer']} ({trained['peak_accuracy']:.3f}), random init {random['peak_layer']} "
+               f"({random['peak_accuracy']:.3f}); chance {results['chance']:.3f}")
+    return SiteEntry("transfer", summary, ("probe, trained", "probe, random init"),
+                     "linear-probe accuracy on a new task (featviz report transfer)", cells)
 
 
 # -- figures ---------------------------------------------------------------------------------------------
