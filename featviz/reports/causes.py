@@ -32,6 +32,7 @@ from ..imageio import save_png, to_pil
 from ..models import load
 from ..models.organism import ModelOrganism
 from ._common import environment, md_table, out_folder, pyplot, save_figure, write_json, write_text
+from .site import SiteEntry
 
 GREY = 0.5
 
@@ -194,6 +195,12 @@ def _summary(rows: list[dict]) -> dict:
             "mean_drop_attribution": float(da.mean()), "mean_drop_random": float(dr.mean()),
             "mean_relative_drop_attribution": rel(da), "mean_relative_drop_random": rel(dr),
             "attribution_drop_larger": int((da > dr).sum()), "n": len(rows)}
+
+
+def site_entry(results: dict) -> SiteEntry:
+    """One page per unit on a microscope site: ``causes-<layer>-<unit>``."""
+    s = results["settings"]
+    return SiteEntry(f"causes-{s['layer']}-{s['unit']}")
 
 
 def _outline(img, box, colour):
