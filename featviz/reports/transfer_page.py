@@ -211,6 +211,9 @@ for a task {s['model']} was not trained on, and the same probe on a copy of the 
 Where the trained network's probe is far above the random one, training made the features more useful for
 the new task; the pixels row shows what a probe gets from the raw input.
 
+See also the fine-tuning report (`featviz report finetune`), which asks the same question by training: ImageNet
+weights vs a fresh initialization at a few examples per class, and how much each layer changes.
+
 ## Settings
 
 | setting | value |
