@@ -195,5 +195,5 @@ def test_report_finetune_writes_results(tmp_path, lite0):
     for name in ("accuracy_by_budget.png", "cka_by_depth.png"):
         with Image.open(out / name) as img:
             assert img.width > 400
-    res = _invoke("report", "finetune", "efficientnet_lite0", "--budgets", "50", "--size", "32", "--out", out)
-    assert "largest budget is 50" in one_error_line(res)
+    res = _invoke("report", "finetune", "efficientnet_lite0", "--budgets", "0,2", "--size", "32", "--out", out)
+    assert "budgets must be whole numbers of examples per class, at least 1" in one_error_line(res)

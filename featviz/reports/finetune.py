@@ -74,7 +74,7 @@ def finetune_report(model, data_dir=None, out_dir="report-finetune", *, budgets:
     under ``out_dir``; returns the results dict.
     """
     say = log or (lambda msg: None)
-    model = load(model) if not isinstance(model, ModelOrganism) else model
+    model = load(model)  # a name, a spec, or an organism as is
     budgets = sorted({int(b) for b in budgets})
     if not budgets or budgets[0] < 1:
         raise FeatvizError(f"budgets must be whole numbers of examples per class, at least 1, got {list(budgets)}")

@@ -107,8 +107,7 @@ def transfer_report(model, data_dir=None, out_dir="report-transfer", *, layers: 
     ``pictures``), ``report.md`` and ``results.json`` under ``out_dir``; returns the results dict.
     """
     say = log or (lambda msg: None)
-    if not isinstance(model, ModelOrganism):
-        model = load(model)
+    model = load(model)  # a name, a spec, or an organism as is
     if folds < 2:
         raise FeatvizError(f"folds must be at least 2, got {folds}")
     if inner_folds < 2:

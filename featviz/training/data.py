@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import Dataset, demo_dataset, load_class_folder
+from ..data import SHAPES, Dataset, check_memory, demo_dataset, load_class_folder
 from ..errors import FeatvizError
 
 DEMO_PER_CLASS = 20   # training images per class of the demo task when not given
@@ -68,6 +68,7 @@ def folder_split(data_dir, preprocess, size: int, per_class: int | None, holdout
 def demo_split(per_class: int | None, holdout: int, size: int, seed: int) -> Split:
     """The offline demo task: ``per_class`` training and ``holdout`` held-out images per class."""
     per_class = DEMO_PER_CLASS if per_class is None else per_class
+    check_memory((per_class + holdout) * len(SHAPES), size, "the demo task")
     train = demo_dataset(per_class, size, seed)
     heldout = demo_dataset(holdout, size, seed + 1_000_003)  # another stream: never the training images
     return Split(train, heldout, train.classes, train.description, [])

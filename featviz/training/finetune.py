@@ -323,7 +323,7 @@ def finetune(model, data_dir=None, out=None, settings: TrainSettings = TrainSett
 
     say = log or (lambda msg: None)
     settings.check()
-    model = load(model) if not isinstance(model, ModelOrganism) else model
+    model = load(model)  # a name, a spec, or an organism as is
     if settings.freeze_until is not None:
         model.layer(settings.freeze_until)
     split = prepare(model, data_dir, settings)
