@@ -77,6 +77,15 @@ def test_finetune_run_folder_and_resume_after_sigkill(tmp_path):
     organism = load_checkpoint(whole, checkpoints(whole)[-1]["file"])
     assert organism.labels == info["classes"] and organism(torch.rand(1, 3, 32, 32)).shape == (1, 6)
 
+    # The run's model spec works wherever a model goes: render a class of the fine-tuned head.
+    image = tmp_path / "logit2.png"
+    res = _invoke("render", whole / "model.toml", "logit:2", "--steps", "2", "--size", "32", "-o", image)
+    assert res.exit_code == 0, res.output
+    with Image.open(image) as img:
+        assert img.size == (32, 32)
+    res = _invoke("render", whole / "model.toml", "logit:6", "--steps", "2", "--size", "32", "-o", image)
+    assert "out of range" in one_error_line(res)  # six classes: 0-5
+
     # The same run, killed with SIGKILL after its second checkpoint, then run again.
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_cli("finetune", "efficientnet_lite0", "--out", killed, *TINY), env=env,

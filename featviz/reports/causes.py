@@ -33,6 +33,7 @@ from ..models import load
 from ..models.organism import ModelOrganism
 from ._common import environment, md_table, out_folder, write_json, write_text
 from .figures import new_figure, save_figure
+from .site import SiteEntry
 
 GREY = 0.5
 
@@ -100,10 +101,10 @@ def random_boxes(size: int, side: int, avoid, n: int, rng: np.random.Generator) 
     return [boxes[int(i)] for i in sorted(pick)]
 
 
-def causes_report(model, layer: str, unit: int, store, out_dir="report-causes", *, k: int = 6,
+def causes_report(model, unit: tuple[str, int], store, out_dir="report-causes", *, k: int = 6,
                   mask_frac: float = 0.25, seed: int = 0, steps: int = 64, size: int = 128,
                   method: str = "saliency", n_random: int = 3, log=None) -> dict:
-    """Visualization of ``layer:unit``, its top-``k`` dataset examples from ``store`` (by mean
+    """Visualization of ``unit`` (a (layer, channel) pair), its top-``k`` dataset examples from ``store`` (by mean
     activation), and the masking ablation (see the module docstring). Writes ``causes.png``,
     ``causes_plot.png``, ``report.md`` and ``results.json`` under ``out_dir``; returns the results."""
     from ..attribution import attribute
@@ -111,8 +112,8 @@ def causes_report(model, layer: str, unit: int, store, out_dir="report-causes", 
     from ..optvis.render import render
 
     say = log or (lambda msg: None)
-    if not isinstance(model, ModelOrganism):
-        model = load(model)
+    layer, unit = unit
+    model = load(model)
     if not isinstance(store, ExampleStore):
         if not ExampleStore.exists(store):
             raise FeatvizError(f"no examples store at {store}: make one with `featviz examples {model.name} "
@@ -328,3 +329,9 @@ attribution square lowered the activation more than the random squares on {summ[
 Command: `featviz report causes {s['model']} {s['layer']}:{s['unit']} --store {s['store']} --k {s['k']} \
 --steps {s['vis_steps']} --mask-frac {s['mask_frac']} --method {s['attribution']} --seed {s['seed']}`
 """
+
+
+def site_entry(results: dict) -> SiteEntry:
+    """One page per unit on a microscope site: ``causes-<layer>-<unit>``."""
+    s = results["settings"]
+    return SiteEntry(f"causes-{s['layer']}-{s['unit']}")

@@ -38,6 +38,7 @@ from ..training.finetune import TrainSettings, prepare, train
 from ..training.network import organism_from
 from ._common import environment, md_table, out_folder, write_json, write_text
 from .figures import new_figure, save_figure
+from .site import SiteEntry
 
 BUDGETS = (2, 5, 10, 25)
 STEPS = 60
@@ -292,3 +293,16 @@ question without training: how useful each layer's features are to a linear prob
 
 Command: `{command}`
 """
+
+
+def site_entry(results: dict) -> SiteEntry:
+    """The report on a microscope's model page: accuracy at the smallest and largest budget in one
+    line, and each layer's CKA to the starting network after fine-tuning beside it in the layer table."""
+    budgets = results["settings"]["budgets"]
+    acc = results["accuracy"]
+    summary = ("fine-tuning on a new task, ImageNet weights vs from scratch: "
+               + ", ".join(f"{b}/class {acc['pretrained'][str(b)]:.3f} vs {acc['scratch'][str(b)]:.3f}"
+                           for b in (budgets[0], budgets[-1])))
+    cells = {layer: [f"{value:.3f}"] for layer, value in results["cka"].items()}
+    return SiteEntry("finetune", summary, ("CKA after fine-tuning",),
+                     "linear CKA of the layer to itself before fine-tuning (featviz report finetune)", cells)

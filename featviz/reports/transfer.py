@@ -43,10 +43,13 @@ from ..models import load
 from ..models.organism import ModelOrganism
 from ..models.random_init import random_copy
 from ._common import environment, out_folder, write_json, write_text
+from .site import SiteEntry
 from .probe import PENALTIES, PIXEL_GRID, PIXELS, pooled_features, probe_channels, probe_cv
 from .transfer_page import accuracy_figure, depth_figure, row_line, samples_figure, transfer_markdown
 
-__all__ = ["transfer_report", "load_folder", "default_layers", "row_line"]
+__all__ = ["transfer_report", "load_folder", "row_line", "site_entry"]
+
+DEFAULT_LAYERS = 8  # layers along the depth when none are given (first and last included)
 
 
 def load_folder(model: ModelOrganism, data_dir, size: int, folds: int, per_class: int | None = None) -> Dataset:
@@ -66,15 +69,6 @@ def load_folder(model: ModelOrganism, data_dir, size: int, folds: int, per_class
 
 DEMO_SIZE = 160
 DEMO_PER_CLASS = 48
-
-
-def default_layers(model: ModelOrganism, n: int = 8) -> list[str]:
-    """``n`` layers evenly spaced along the model's main spatial layers, first and last included."""
-    spatial = [info.name for info in model.layers() if info.spatial]
-    if len(spatial) <= n:
-        return spatial
-    idx = sorted(set(int(round(i)) for i in np.linspace(0, len(spatial) - 1, n)))
-    return [spatial[i] for i in idx]
 
 
 def _depth_order(model: ModelOrganism, layers: Sequence[str]) -> list[str]:
@@ -98,7 +92,7 @@ def transfer_report(model, data_dir=None, out_dir="report-transfer", *, layers: 
     data_dir: a folder with one sub-folder of images per class, or None for the offline demo
     task (``demo_shapes``, ``per_class`` images per class, default 48). size: image side fed
     to the networks (default 160 px for the demo, the model's input size for a folder).
-    layers: default ``default_layers(model)``; ``pixels`` (added when ``pixels``) is the input
+    layers: default ``model.default_layers(8, first=True)``; ``pixels`` (added when ``pixels``) is the input
     average-pooled to 8 x 8. pictures: channel visualizations of the ``units`` channels per
     layer the probe leans on most, for both networks (``picture_size`` px, ``picture_steps``
     steps of the ``sharp`` recipe).
@@ -121,7 +115,7 @@ def transfer_report(model, data_dir=None, out_dir="report-transfer", *, layers: 
     size = int(size or (DEMO_SIZE if data_dir is None else model.input_size))
     if size < 32 or size > 1024:
         raise FeatvizError(f"size must be between 32 and 1024 px, got {size}")
-    chosen = list(layers) if layers else default_layers(model)
+    chosen = list(layers) if layers else model.default_layers(DEFAULT_LAYERS, first=True)
     if pixels and PIXELS not in chosen:
         chosen = [PIXELS] + chosen
     layers = _depth_order(model, chosen)
@@ -259,3 +253,21 @@ def _summary(rows: list[dict], chance: float) -> dict:
     return out
 
 
+def site_entry(results: dict) -> SiteEntry:
+    """The report on a microscope's model page: the best layers in one line, and each layer's probe
+    accuracy (trained, random init) beside it in the layer table."""
+    s = results.get("summary") or {}
+    if not s.get("trained"):
+        return SiteEntry("transfer")
+    trained, random = s["trained"], s["random"]
+
+    def cell(value):
+        return "" if value is None else f"{value:.3f}"
+
+    cells = {r["layer"]: [cell(r["trained"]["accuracy"]), cell((r.get("random") or {}).get("accuracy"))]
+             for r in results.get("rows", [])}
+    summary = (f"linear probes on a new task ({len(results['data']['classes'])} classes); best layer: trained "
+               f"{trained['peak_layer']} ({trained['peak_accuracy']:.3f}), random init {random['peak_layer']} "
+               f"({random['peak_accuracy']:.3f}); chance {results['chance']:.3f}")
+    return SiteEntry("transfer", summary, ("probe, trained", "probe, random init"),
+                     "linear-probe accuracy on a new task (featviz report transfer)", cells)

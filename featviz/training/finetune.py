@@ -38,7 +38,7 @@ from ..imageio import atomic_write, save_png, to_pil
 from ..models import load
 from ..models.organism import ModelOrganism
 from .data import DEMO_SIZE, Split, augment, demo_split, folder_split
-from .network import Trainable, freeze_through, organism_from, replace_classifier, trainable_copy
+from .network import Trainable, freeze_through, trainable_copy
 
 RUN_FORMAT = 1
 CLIP_NORM = 1.0  # gradient norm clip: the folded-BN networks have no normalization to absorb a large step
@@ -375,17 +375,17 @@ def checkpoints(run_dir) -> list[dict]:
 
 
 def load_checkpoint(run_dir, checkpoint: str) -> ModelOrganism:
-    """The network of one checkpoint of a run as a model organism (base network, classifier of the
-    run's classes, the checkpoint's state dict), named ``<run>@<checkpoint>``."""
+    """The network of one checkpoint of a run as a model organism: the run's model spec
+    (``model.toml``) with the checkpoint's state dict, named ``<run>@<checkpoint>``."""
     run_dir = Path(run_dir)
-    info = read_run(run_dir)
-    base = load(info["base"])
-    network_holder = Trainable(base.network, base.mean, base.std, base.channels_last)
-    replace_classifier(network_holder.network, len(info["classes"]), 0)
+    read_run(run_dir)
+    spec = run_dir / "model.toml"
+    if not spec.is_file():
+        raise FeatvizError(f"{run_dir} is not finished (no model.toml yet): run the same featviz finetune "
+                           "command again to finish it")
     path = run_dir / checkpoint
     if not path.is_file():
         raise FeatvizError(f"checkpoint not found: {path}")
-    network_holder.network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    size = info["settings"]["size"] or (DEMO_SIZE if info["data"] == "demo" else base.input_size)
-    return organism_from(network_holder, base, f"{run_dir.resolve().name}@{Path(checkpoint).stem}",
-                         info["classes"], size)
+    organism = load(str(spec), weights=str(path))
+    organism.name = f"{run_dir.resolve().name}@{Path(checkpoint).stem}"
+    return organism
