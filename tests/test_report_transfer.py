@@ -211,7 +211,7 @@ def test_cli_on_a_folder_writes_the_report(tmp_path, lite0):
 
 
 def test_missing_matplotlib_is_one_clear_error(monkeypatch):
-    from featviz.reports.figures import new_figure
+    from featviz.figures import new_figure
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(FeatvizError, match=r"featviz\[reports\]"):

@@ -204,5 +204,10 @@ def test_report_finetune_writes_results(tmp_path, lite0):
     for name in ("accuracy_by_budget.png", "cka_by_depth.png"):
         with Image.open(out / name) as img:
             assert img.width > 400
+    from featviz.reports.site import site_entry
+
+    entry = site_entry(results)  # what a microscope's model page shows of the report
+    assert entry.name == "finetune" and entry.columns == ("CKA after fine-tuning",)
+    assert entry.cells["stem"] == [f"{results['cka']['stem']:.3f}"] and "1/class" in entry.summary
     res = _invoke("report", "finetune", "efficientnet_lite0", "--budgets", "0,2", "--size", "32", "--out", out)
     assert "budgets must be whole numbers of examples per class, at least 1" in one_error_line(res)

@@ -32,7 +32,7 @@ from ..imageio import save_png, to_pil
 from ..models import load
 from ..models.organism import ModelOrganism
 from ._common import environment, md_table, out_folder, write_json, write_text
-from .figures import new_figure, save_figure
+from ..figures import new_figure, save_figure
 from .site import SiteEntry
 
 GREY = 0.5

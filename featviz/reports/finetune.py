@@ -37,7 +37,7 @@ from ..training.data import Split
 from ..training.finetune import TrainSettings, prepare, train
 from ..training.network import organism_from
 from ._common import environment, md_table, out_folder, write_json, write_text
-from .figures import new_figure, save_figure
+from ..figures import new_figure, save_figure
 from .site import SiteEntry
 
 BUDGETS = (2, 5, 10, 25)

@@ -30,7 +30,7 @@ from ..imageio import save_png, to_pil
 from ..models import load
 from ..models.organism import ModelOrganism
 from ._common import environment, md_table, out_folder, resize, write_json, write_text
-from .figures import new_figure, save_figure
+from ..figures import new_figure, save_figure
 
 DEFAULT_CLASSES = (9, 130, 309, 980)  # ostrich, flamingo, bee, volcano
 OBJECTIVES = ("logit", "prob")

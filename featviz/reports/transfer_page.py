@@ -9,7 +9,7 @@ import torch
 from ..data import Dataset
 from ..models.organism import ModelOrganism
 from ._common import md_table
-from .figures import new_figure, save_figure
+from ..figures import new_figure, save_figure
 from .probe import PIXELS
 
 

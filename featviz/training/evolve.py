@@ -181,7 +181,7 @@ def _examples(run_dir: Path, first: str, last: str, units, out: Path, settings: 
 
 def cka_figure(record: dict, path: Path) -> Path:
     """CKA to the starting network by depth, one line per checkpoint, coloured by training step."""
-    from ..reports.figures import new_figure, save_figure
+    from ..figures import new_figure, save_figure
 
     layers = record["layers"]
     points = record["checkpoints"]

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import FeatvizError
-from ..imageio import atomic_write
+from .errors import FeatvizError
+from .imageio import atomic_write
 
 
 def new_figure(figsize: tuple[float, float]):
