@@ -22,7 +22,7 @@ from ..imageio import grid, save_gif, save_png, to_pil
 from ..models.organism import ModelOrganism
 from .objectives import Objective, as_objective, batched_channels
 from .param import make_param
-from .transforms import TransformSpec, get_spec
+from .transforms import VIEW_ROBUST, TransformSpec, get_spec
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,10 @@ RECIPES = {
     # 4.2 vs 3.0 for the default, at about the same time per unit when batched).
     # pad 2 + jitter 4 = shifts of ±2 px at the same size, so no resampling is needed.
     "sharp": Recipe("sharp", steps=512, lr=0.05, transforms=TransformSpec("jitter2", pad=2, jitter=4)),
+    # The default for units: holds its activation when the image is seen at another scale or shift
+    # (featviz.optvis.quality; benchmarks/bench_render.py, see README). Random zoom 0.75-1.75x with sub-pixel
+    # shifts, small views, a higher learning rate to converge in fewer steps.
+    "robust": Recipe("robust", steps=256, lr=0.15, transforms=VIEW_ROBUST),
     # Quick previews (tests, the microscope's quick mode).
     "quick": Recipe("quick", steps=32, lr=0.08),
 }
@@ -111,8 +115,8 @@ def render(model: ModelOrganism, objective: Objective | str, *, size: int | None
     ``objective``: an ``Objective`` or shorthand such as ``"blocks.8:12"``,
     ``"logit:309"``, ``"prob:309"``, ``"dream:blocks.5"``.
     ``size``: side in pixels (default: the model's input size).
-    ``recipe``: ``auto`` (``default`` for class objectives, ``sharp`` for units:
-    what bench_render.py measured best for each) | ``default`` | ``sharp`` |
+    ``recipe``: ``auto`` (``default`` for class objectives, ``robust`` for units:
+    what bench_render.py measured best for each) | ``default`` | ``robust`` | ``sharp`` |
     ``lucid`` | ``maco`` | ``quick``; ``steps``, ``lr``,
     ``param`` (pixel | fourier | maco), ``transforms`` (multicrop | lucid | none)
     and ``optimizer`` override it. ``init_image``: start from a photo
@@ -235,11 +239,11 @@ def render(model: ModelOrganism, objective: Objective | str, *, size: int | None
 
 def auto_recipe(objective: Objective) -> str:
     """The recipe ``auto`` stands for: multi-crop robustness for class objectives
-    (it is what makes class images recognisable by other networks), light jitter
-    and more steps for units (higher activation at the same time per unit)."""
+    (it is what makes class images recognisable by other networks), random zoom
+    for units (activation that holds when the image is seen at another scale)."""
     from ..models.organism import LOGITS
 
-    return "default" if LOGITS in objective.layers else "sharp"
+    return "default" if LOGITS in objective.layers else "robust"
 
 
 def render_units(model: ModelOrganism, units: Sequence[tuple[str, int]], *, batch_size: int = 16, kind: str = "channel",
