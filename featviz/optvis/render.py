@@ -56,7 +56,7 @@ RECIPES = {
     # The default for units: holds its activation when the image is seen at another scale or shift
     # (featviz.optvis.quality; benchmarks/bench_render.py, see README). Random zoom 0.75-1.75x with sub-pixel
     # shifts, small views, a higher learning rate to converge in fewer steps.
-    "robust": Recipe("robust", steps=256, lr=0.15, transforms=VIEW_ROBUST),
+    "robust": Recipe("robust", steps=448, lr=0.15, transforms=VIEW_ROBUST),
     # Quick previews (tests, the microscope's quick mode).
     "quick": Recipe("quick", steps=32, lr=0.08),
 }
