@@ -97,11 +97,14 @@ def target_order(model: ModelOrganism, objective: Objective) -> int:
 
 
 def default_cam_layer(model: ModelOrganism, objective: Objective) -> str:
-    """The last spatial main layer that runs no later than the target's own layers."""
+    """The last spatial main layer that runs no later than the target's own layers (one larger than
+    1x1 if there is one: a global pool such as ResNet's ``avgpool`` is 1x1 and would make a flat map)."""
     limit = target_order(model, objective)
-    candidates = [info for info in model.layers() if info.spatial and info.order <= limit]
-    if not candidates:
-        candidates = [info for info in model.layers(all_modules=True) if info.spatial and info.order <= limit]
+    for layers in (model.layers(), model.layers(all_modules=True)):
+        spatial = [info for info in layers if info.spatial and info.order <= limit]
+        candidates = [info for info in spatial if info.height * info.width > 1] or spatial
+        if candidates:
+            break
     if not candidates:
         raise FeatvizError(f"no spatial layer runs before the target {objective.description!r}")
     return candidates[-1].name
@@ -142,6 +145,36 @@ class ObjectiveForward(nn.Module):
         return self.objective(acts, x.shape[0])
 
 
+def grad_cam(model: ModelOrganism, x: torch.Tensor, layer: str, objective) -> torch.Tensor:
+    """Grad-CAM map (B, 1, h, w) of ``objective`` at ``layer``: ReLU of the channels weighted by their mean gradient.
+
+    Computed on the layer's activations as the organism hands them out (Captum's
+    LayerGradCam hooks the module's raw output instead, which for a transformer is
+    (B, tokens, C) and for a channels-last block (B, H, W, C)): the same map for
+    convolutional layers, and the patch-token grid for a ViT block.
+    """
+    acts, grads, _ = model.layer_gradient(x, layer, objective)
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    return F.relu((weights * acts).sum(dim=1, keepdim=True))
+
+
+def default_grad_cam(model: ModelOrganism, x: torch.Tensor, objective) -> tuple[str, torch.Tensor]:
+    """(layer, Grad-CAM map) at the default layer, or the one before it if the target does not depend on the
+    layer's positions at all. That happens in a ViT: its head reads the class token alone, so the final
+    LayerNorm's and the last block's patch tokens get no gradient; the block before, whose patch tokens
+    the last block's attention mixes into the class token, does."""
+    first = default_cam_layer(model, objective)
+    names = [info.name for info in model.layers() if info.spatial]
+    start = names.index(first) if first in names else 0
+    tried = [first] + [n for n in reversed(names[:start])][:3]
+    for layer in tried:
+        acts, grads, _ = model.layer_gradient(x, layer, objective)
+        if grads.abs().sum() > 0 or layer == tried[-1]:
+            weights = grads.mean(dim=(2, 3), keepdim=True)
+            return layer, F.relu((weights * acts).sum(dim=1, keepdim=True))
+    raise AssertionError("unreachable")
+
+
 def _guided_backprop_class():
     attr = require_captum()
 
@@ -175,7 +208,7 @@ def guided_backprop(model: ModelOrganism, photo, target=None, size: int | None =
     fwd = ObjectiveForward(model, obj)
     _warn_if_no_rectifiers(model)
     gb = _guided_backprop_class()(fwd)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), model.out_of_place():  # hooks on in-place ReLUs are forbidden
         warnings.filterwarnings("ignore", message="Setting backward hooks")
         return gb.attribute(x.clone().requires_grad_(True)).detach()[0].cpu()
 
@@ -206,28 +239,7 @@ def as_batch(model: ModelOrganism, photo, size: int | None = None) -> torch.Tens
         if arr.ndim == 2:
             arr = np.repeat(arr[..., None], 3, axis=2)
         return as_batch(model, torch.from_numpy(np.ascontiguousarray(arr[..., :3].transpose(2, 0, 1))), size)
-    check_photo_mode(photo)
-    return model.preprocess(photo, size)[None].to(model.device)
-
-
-# 32-bit integer, float and 16-bit grey images: converting them to 8-bit RGB clips
-# their values, so the model would see a white or black frame instead of the photo.
-UNSUPPORTED_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
-
-
-def check_photo_mode(photo) -> None:
-    """Raise ``ImageReadError`` for image modes featviz cannot read as a photo (see UNSUPPORTED_MODES)."""
-    if isinstance(photo, Image.Image):
-        mode, name = photo.mode, "the image"
-    else:
-        try:
-            with Image.open(photo) as im:
-                mode, name = im.mode, str(photo)
-        except Exception:  # unreadable: load_image reports it in one line
-            return
-    if mode in UNSUPPORTED_MODES:
-        raise ImageReadError(f"unsupported image mode {mode!r} in {name}: attribution reads 8-bit photos "
-                             f"(RGB, grey, palette, CMYK); convert it to 8-bit RGB first")
+    return model.preprocess(photo, size)[None].to(model.device)  # load_image refuses 16-bit and float photos
 
 
 # -- result --------------------------------------------------------------------------------
@@ -248,6 +260,7 @@ class Attribution:
     raw: torch.Tensor
     image: torch.Tensor
     settings: dict[str, Any] = field(default_factory=dict)
+    class_index: int | None = None  # the class the target scores, if it is about one class (Objective.class_index)
 
     def heatmap(self, percentile: float | None = None, smooth: float | None = None) -> np.ndarray:
         """The map scaled to [0, 1] for display (see ``display.normalize_heat``).
@@ -330,26 +343,28 @@ def attribute(model: ModelOrganism, photo, target=None, method: str = "gradcam",
                             baseline=baseline if isinstance(baseline, str) else "tensor",
                             convergence_delta=float(delta.abs().max()))
         elif method in ("gradcam", "guided-gradcam"):
-            layer = check_cam_layer(model, layer or default_cam_layer(model, obj), obj)
-            module = model.module(layer)
+            if layer is None:
+                layer, cam = default_grad_cam(model, xg, obj)
+            else:
+                cam = grad_cam(model, xg, check_cam_layer(model, layer, obj), obj)
             if method == "gradcam":
-                cam = attr.LayerGradCam(fwd, module).attribute(xg, relu_attributions=True)
                 raw = cam
                 amap = attr.LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), "bilinear")[:, 0]
             else:
+                # Guided Grad-CAM (Selvaraju et al.): guided backprop times the upsampled Grad-CAM map.
                 _warn_if_no_rectifiers(model)
-                ggc = attr.GuidedGradCam(fwd, module)
-                ggc.guided_backprop = _guided_backprop_class()(fwd)
-                with warnings.catch_warnings():  # Captum's note about hooking ReLUs, on every call
+                with warnings.catch_warnings(), model.out_of_place():  # Captum's note about hooking ReLUs
                     warnings.filterwarnings("ignore", message="Setting backward hooks")
-                    raw = ggc.attribute(xg, interpolate_mode="bilinear")
+                    guided = _guided_backprop_class()(fwd).attribute(xg)
+                raw = guided * attr.LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), "bilinear")
                 amap = raw.abs().amax(1)
             settings["layer"] = layer
         else:  # pragma: no cover - canonical_method guards this
             raise AssertionError(method)
     settings["seconds"] = round(time.perf_counter() - t0, 3)
     amap = torch.nan_to_num(amap.detach()[0].float(), nan=0.0).clamp_min(0).cpu()
-    return Attribution(method, obj.description, amap, raw.detach()[0].cpu(), x[0].detach().cpu(), settings)
+    return Attribution(method, obj.description, amap, raw.detach()[0].cpu(), x[0].detach().cpu(), settings,
+                       obj.class_index)
 
 
 def canonical_method(method: str) -> str:
@@ -428,7 +443,7 @@ def panel(model: ModelOrganism, photo, target=None, methods: Sequence[str] = MET
         captions.append(f"{METHOD_TITLES.get(a.method, a.method)}{extra}")
     if title is None:
         preds = model.predict(image[None].to(model.device), 1)[0][0]
-        title = (f"{model.name} | target: {atts[0].target}{_label_of(model, atts[0].target)} | "
+        title = (f"{model.name} | target: {atts[0].target}{class_label(model, atts[0].class_index)} | "
                  f"top-1: {preds[1]} ({preds[2]:.0%})")
     return display.labeled_row(tiles, captions, title)
 
@@ -437,9 +452,8 @@ METHOD_TITLES = {"saliency": "saliency", "smoothgrad": "SmoothGrad", "ig": "inte
                  "gradcam": "Grad-CAM", "guided-gradcam": "guided Grad-CAM"}
 
 
-def _label_of(model: ModelOrganism, description: str) -> str:
-    """' (tabby cat)' for 'logit 281' / 'log-probability 281' descriptions, else ''."""
-    parts = description.split()
-    if len(parts) == 2 and parts[0] in ("logit", "log-probability") and parts[1].isdigit() and model.labels:
-        return f" ({model.label(int(parts[1]))})"
-    return ""
+def class_label(model: ModelOrganism, class_index: int | None) -> str:
+    """' (tabby cat)' for a class the model has a label for, else ''."""
+    if class_index is None or not model.labels:
+        return ""
+    return f" ({model.label(class_index)})"

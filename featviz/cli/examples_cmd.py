@@ -8,18 +8,8 @@ from pathlib import Path
 import click
 
 from ..errors import FeatvizError
-from ..models import DEFAULT_MODEL, available
-from .common import device_option, engine_options, load_model, make_engine, model_argument
-
-
-def _unit(spec: str) -> tuple[str, int]:
-    layer, sep, unit = spec.rpartition(":")
-    if not sep or not layer:
-        raise FeatvizError(f"expected LAYER:UNIT such as blocks.8:12, got {spec!r}")
-    try:
-        return layer, int(unit)
-    except ValueError:
-        raise FeatvizError(f"expected LAYER:UNIT such as blocks.8:12, got {spec!r}") from None
+from ..models import DEFAULT_MODEL, is_model_reference
+from .common import device_option, engine_options, load_model, make_engine, model_argument, parse_unit, weights_option
 
 
 @click.command("examples")
@@ -43,28 +33,24 @@ def _unit(spec: str) -> tuple[str, int]:
 def examples_cmd(model, data_dir, layers, top, bottom, out, batch_size, size, shard, overwrite, workers,
                  checkpoint_every, quiet, device, engine, address):
     """Dataset examples: for every unit of the chosen layers, the photos of DATA_DIR (searched
-    recursively for jpg/png/webp) that excite it most and least, with receptive-field crops.
+    recursively for photos: jpg, png, webp, ...) that excite it most and least, with receptive-field crops.
 
     Without DATA_DIR, the photos that ship with scikit-image. Interrupted runs (Ctrl-C, kill)
     continue where their last checkpoint left off when the same command is run again.
     """
-    from ..examples import collect
+    from ..examples import PassOptions, collect
 
-    if data_dir is None and model not in available() and (Path(model).exists() or "/" in model.split(":")[0]):
+    if data_dir is None and not is_model_reference(model) and (Path(model).exists() or "/" in model.split(":")[0]):
         model, data_dir = DEFAULT_MODEL, Path(model)  # `featviz examples PHOTOS --out ...`
-    if top < 1:
-        raise FeatvizError(f"--top must be at least 1, got {top}")
-    if bottom < 0:
-        raise FeatvizError(f"--bottom cannot be negative, got {bottom}")
     organism = load_model(model, device)
     if data_dir is None:
         click.echo("no DATA_DIR given: using the scikit-image demo photos", err=True)
-    log = (lambda msg: click.echo(msg, err=True))
+    options = PassOptions(workers=workers, checkpoint_every=checkpoint_every, progress=not quiet,
+                          log=lambda msg: click.echo(msg, err=True))
     try:
         with make_engine(engine, address) as runner:
             store = collect(organism, data_dir, layers, top, bottom=bottom, store=out, batch_size=batch_size,
-                            size=size, shard=shard, overwrite=overwrite, workers=workers,
-                            checkpoint_every=checkpoint_every, progress=not quiet, log=log, engine=runner)
+                            size=size, shard=shard, overwrite=overwrite, engine=runner, options=options)
     except KeyboardInterrupt:
         click.echo(f"interrupted: progress is saved in {out}; run the same command again to continue", err=True)
         sys.exit(130)
@@ -114,7 +100,7 @@ def examples_show_cmd(store, unit, out, k):
     from ..examples import open_store, unit_sheet
     from ..imageio import save_png
 
-    layer, index = _unit(unit)
+    layer, index = parse_unit(unit)
     with open_store(store) as st:
         sheet = unit_sheet(st, layer, index, k=k)
         save_png(sheet, out, {"store": str(store), "unit": f"{layer}:{index}", "model": st.settings["model"]})
@@ -134,6 +120,7 @@ def examples_show_cmd(store, unit, out, k):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-vis", is_flag=True, help="examples only, no optimized visualization")
 @device_option
+@weights_option
 def compare_cmd(model, unit, store_path, out, k, size, steps, recipe, seed, no_vis, device):
     """Side by side: the optimized visualization of LAYER:UNIT (e.g. blocks.8:12) next to its
     top and bottom dataset examples from STORE. MODEL defaults to the store's model."""
@@ -142,7 +129,7 @@ def compare_cmd(model, unit, store_path, out, k, size, steps, recipe, seed, no_v
 
     if unit is None:
         model, unit = None, model
-    layer, index = _unit(unit)
+    layer, index = parse_unit(unit)
     with open_store(store_path) as st:
         model = model or st.settings["model"]
         st.top(layer, index, k=1)  # checks store, layer and unit before the (slow) rendering

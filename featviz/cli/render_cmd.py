@@ -7,11 +7,11 @@ from pathlib import Path
 import click
 
 from ..errors import FeatvizError
-from ..imageio import grid, save_png
+from ..imageio import grid, image_format, save_image
 from ..optvis import RECIPES, render, render_units
 from ..optvis.render import auto_recipe
 from ..optvis.objectives import parse
-from .common import device_option, load_model, model_argument, parse_range
+from .common import device_option, load_model, model_argument, parse_indices
 
 
 def recipe_options(f):
@@ -57,7 +57,8 @@ def _finish(result, out: Path, gif: Path | None = None) -> None:
 @click.command("render")
 @model_argument
 @click.argument("target")
-@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="output PNG")
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="output image: .png (or .jpg, .webp, .tif), with the settings in its metadata")
 @click.option("--batch", type=click.IntRange(1, 4096), default=1, show_default=True,
               help="images in one optimization (a contact sheet is written when > 1)")
 @click.option("--diversity", type=float, default=0.0, help="weight of a diversity term across the batch")
@@ -69,6 +70,7 @@ def render_cmd(model, target, out, batch, diversity, alpha, gif, recipe, steps, 
                device):
     """Render what TARGET looks for, e.g. blocks.8:12, logit:309, prob:309, dream:blocks.5,
     neuron:blocks.8:12, or sums such as 'blocks.8:12 - 0.5*blocks.8:3'."""
+    image_format(out)  # refuse an extension featviz cannot write before rendering anything
     organism = load_model(model, device)
     objective = parse(target, organism)
     if diversity:
@@ -81,7 +83,7 @@ def render_cmd(model, target, out, batch, diversity, alpha, gif, recipe, steps, 
     kw = _overrides(steps, lr, param, transforms)
     n_steps = kw.get("steps", RECIPES[auto_recipe(objective) if recipe == "auto" else recipe].steps)
     result = render(organism, objective, size=size, batch=batch, recipe=recipe, seed=seed, alpha=alpha,
-                    snapshot_every=max(1, n_steps // 32) if gif else None, progress=True, **kw)
+                    snapshots=max(1, n_steps // 32) if gif else None, progress=True, **kw)
     _finish(result, out, gif)
 
 
@@ -98,9 +100,11 @@ def render_cmd(model, target, out, batch, diversity, alpha, gif, recipe, steps, 
 def render_layer_cmd(model, layer, channels, out, batch, kind, columns, recipe, steps, lr, param, transforms, seed,
                      size, device):
     """Render many units of LAYER, batched, as a contact sheet plus single files."""
+    image_format(out)
     organism = load_model(model, device)
     info = organism.layer(layer)
-    chans = parse_range(channels) if channels else list(range(info.channels))
+    chans = parse_indices(channels, "--channels", info.channels, f"channel of {layer}") if channels \
+        else list(range(info.channels))
     units = [(layer, c) for c in chans]
     results = render_units(organism, units, batch_size=batch, kind=kind, recipe=recipe, seed=seed, size=size,
                            progress=True, **_overrides(steps, lr, param, transforms))
@@ -109,7 +113,7 @@ def render_layer_cmd(model, layer, channels, out, batch, kind, columns, recipe, 
         res.save(single_dir / f"{lname}_{c}.png")
     sheet = grid([r.pil() for r in results], columns=columns, labels=[str(c) for _, c in units[:len(results)]])
     settings = dict(results[0].settings, objective=f"{kind}s of {layer}", channels=chans[:len(results)])
-    save_png(sheet, out, settings)
+    save_image(sheet, out, settings)
     click.echo(f"wrote {out} and {len(results)} images in {single_dir}/")
     if results and results[-1].interrupted:
         sys.exit(130)
@@ -124,6 +128,7 @@ def render_layer_cmd(model, layer, channels, out, batch, kind, columns, recipe, 
 @recipe_options
 def dream_cmd(model, photo, layer, channel, out, recipe, steps, lr, param, transforms, seed, size, device):
     """DeepDream: start from PHOTO and amplify what LAYER sees in it."""
+    image_format(out)
     organism = load_model(model, device)
     image = organism.preprocess(photo, size or organism.input_size)
     target = f"{layer}:{channel}" if channel is not None else f"dream:{layer}"

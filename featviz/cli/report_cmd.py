@@ -6,17 +6,7 @@ from pathlib import Path
 import click
 
 from ..errors import FeatvizError
-from .common import device_option, load_model, model_argument, parse_range
-
-
-def _unit(spec: str) -> tuple[str, int]:
-    layer, sep, unit = spec.rpartition(":")
-    try:
-        if not sep or not layer:
-            raise ValueError
-        return layer, int(unit)
-    except ValueError:
-        raise FeatvizError(f"expected LAYER:UNIT such as blocks.8:12, got {spec!r}") from None
+from .common import device_option, load_model, model_argument, parse_range, parse_unit
 
 
 def _classes(text: str) -> list[int]:
@@ -38,7 +28,7 @@ site_option = click.option("--site", type=click.Path(path_type=Path), default=No
 
 def _publish(site: Path | None, out: Path) -> None:
     if site is not None:
-        from ..microscope.pages import add_report
+        from ..microscope.report_pages import add_report
 
         click.echo(f"added to the microscope: {site / add_report(site, out)}")
 
@@ -101,7 +91,7 @@ def causes_cmd(model, unit, store, k, steps, size, mask_frac, method, seed, out,
     from ..attribution.methods import canonical_method
     from ..reports.causes import causes_report
 
-    layer, index = _unit(unit)
+    layer, index = parse_unit(unit)
     _positive("--k", k)
     _positive("--steps", steps)
     if size < 16:
@@ -112,7 +102,7 @@ def causes_cmd(model, unit, store, k, steps, size, mask_frac, method, seed, out,
     organism = load_model(model, device)
     if site is not None:
         _check_site(site, organism.name)
-    res = causes_report(organism, layer, index, store, out, k=k, steps=steps, size=size, mask_frac=mask_frac,
+    res = causes_report(organism, (layer, index), store, out, k=k, steps=steps, size=size, mask_frac=mask_frac,
                         method=method, seed=seed, log=lambda m: click.echo(m, err=True))
     s = res["summary"]
     click.echo(f"{layer}:{index}  original {s['mean_original']:.3f}  attribution-masked "
@@ -172,16 +162,10 @@ def transfer_cmd(model, data_dir, layers, size, per_class, folds, seed, pixels, 
 
 def _check_site(site: Path, model_name: str) -> None:
     """Fail before the work, not after it, if the site cannot take the report."""
-    from ..microscope.manifest import Manifest
-    from ..microscope.settings import MANIFEST_NAME, slug
+    from ..microscope.report_pages import check_report_site
 
-    if not (site / MANIFEST_NAME).is_file():
-        raise FeatvizError(f"no microscope at {site}: build one with `featviz microscope build {model_name} "
-                           f"--out {site}`")
-    with Manifest(site, create=False, readonly=True) as man:
-        if man.model(slug(model_name)) is None:
-            raise FeatvizError(f"the microscope at {site} has no {model_name}: build it with "
-                               f"`featviz microscope build {model_name} --out {site}`")
+    check_report_site(site, model_name)
+
 
 # Registered on the `featviz` group by featviz/cli/__init__.py, in this order.
 COMMANDS = [report]

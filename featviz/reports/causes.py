@@ -32,6 +32,7 @@ from ..imageio import save_png, to_pil
 from ..models import load
 from ..models.organism import ModelOrganism
 from ._common import environment, md_table, out_folder, pyplot, save_figure, write_json, write_text
+from .site import SiteEntry
 
 GREY = 0.5
 
@@ -99,10 +100,10 @@ def random_boxes(size: int, side: int, avoid, n: int, rng: np.random.Generator) 
     return [boxes[int(i)] for i in sorted(pick)]
 
 
-def causes_report(model, layer: str, unit: int, store, out_dir="report-causes", *, k: int = 6,
+def causes_report(model, unit: tuple[str, int], store, out_dir="report-causes", *, k: int = 6,
                   mask_frac: float = 0.25, seed: int = 0, steps: int = 64, size: int = 128,
                   method: str = "saliency", n_random: int = 3, log=None) -> dict:
-    """Visualization of ``layer:unit``, its top-``k`` dataset examples from ``store`` (by mean
+    """Visualization of ``unit`` (a (layer, channel) pair), its top-``k`` dataset examples from ``store`` (by mean
     activation), and the masking ablation (see the module docstring). Writes ``causes.png``,
     ``causes_plot.png``, ``report.md`` and ``results.json`` under ``out_dir``; returns the results."""
     from ..attribution import attribute
@@ -110,8 +111,8 @@ def causes_report(model, layer: str, unit: int, store, out_dir="report-causes", 
     from ..optvis.render import render
 
     say = log or (lambda msg: None)
-    if not isinstance(model, ModelOrganism):
-        model = load(model)
+    layer, unit = unit
+    model = load(model)
     if not isinstance(store, ExampleStore):
         if not ExampleStore.exists(store):
             raise FeatvizError(f"no examples store at {store}: make one with `featviz examples {model.name} "
@@ -194,6 +195,12 @@ def _summary(rows: list[dict]) -> dict:
             "mean_drop_attribution": float(da.mean()), "mean_drop_random": float(dr.mean()),
             "mean_relative_drop_attribution": rel(da), "mean_relative_drop_random": rel(dr),
             "attribution_drop_larger": int((da > dr).sum()), "n": len(rows)}
+
+
+def site_entry(results: dict) -> SiteEntry:
+    """One page per unit on a microscope site: ``causes-<layer>-<unit>``."""
+    s = results["settings"]
+    return SiteEntry(f"causes-{s['layer']}-{s['unit']}")
 
 
 def _outline(img, box, colour):

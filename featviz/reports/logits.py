@@ -83,8 +83,7 @@ def logits_report(model, classes: Sequence[int] = DEFAULT_CLASSES, out_dir="repo
     from ..optvis.render import render
 
     say = log or (lambda msg: None)
-    if not isinstance(model, ModelOrganism):
-        model = load(model)
+    model = load(model)
     classes = [int(c) for c in classes]
     if not classes:
         raise FeatvizError("give at least one class")
@@ -96,7 +95,7 @@ def logits_report(model, classes: Sequence[int] = DEFAULT_CLASSES, out_dir="repo
         model.check_class(c)
     if steps < 1:
         raise FeatvizError(f"steps must be at least 1, got {steps}")
-    judge_model = judge if isinstance(judge, ModelOrganism) else load(judge, device=model.device)
+    judge_model = load(judge, device=model.device)
     if judge_model.num_classes != model.num_classes:
         raise FeatvizError(f"the judge {judge_model.name} has {judge_model.num_classes} classes, "
                            f"{model.name} has {model.num_classes}: they must share the label set")

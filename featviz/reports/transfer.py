@@ -40,11 +40,11 @@ from ..errors import FeatvizError
 from ..models import load
 from ..models.organism import ModelOrganism
 from ._common import environment, md_table, out_folder, pyplot, save_figure, write_json, write_text
+from .site import SiteEntry
 
 PIXELS = "pixels"          # pseudo layer: the input itself, average-pooled to PIXEL_GRID x PIXEL_GRID
 PIXEL_GRID = 8
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
@@ -188,6 +188,7 @@ def load_folder(model: ModelOrganism, data_dir, size: int, folds: int, per_class
     crop to ``size``). Unreadable files are skipped and listed. With ``per_class``, at most that
     many images per class (the first in name order)."""
     from ..errors import ImageReadError
+    from ..examples.files import list_images
 
     root = Path(data_dir)
     if not root.is_dir():
@@ -195,7 +196,7 @@ def load_folder(model: ModelOrganism, data_dir, size: int, folds: int, per_class
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     images, labels, files, skipped, classes = [], [], [], [], []
     for d in class_dirs:
-        paths = sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        paths = [d / rel for rel, _ in list_images(d)]
         got = 0
         for p in paths:
             if per_class is not None and got >= per_class:
@@ -415,13 +416,7 @@ DEMO_SIZE = 160
 DEMO_PER_CLASS = 48
 
 
-def default_layers(model: ModelOrganism, n: int = 8) -> list[str]:
-    """``n`` layers evenly spaced along the model's main spatial layers, first and last included."""
-    spatial = [info.name for info in model.layers() if info.spatial]
-    if len(spatial) <= n:
-        return spatial
-    idx = sorted(set(int(round(i)) for i in np.linspace(0, len(spatial) - 1, n)))
-    return [spatial[i] for i in idx]
+DEFAULT_LAYERS = 8  # layers along the depth when none are given (first and last included)
 
 
 def _depth_order(model: ModelOrganism, layers: Sequence[str]) -> list[str]:
@@ -467,7 +462,7 @@ def transfer_report(model, data_dir=None, out_dir="report-transfer", *, layers: 
     data_dir: a folder with one sub-folder of images per class, or None for the offline demo
     task (``demo_shapes``, ``per_class`` images per class, default 48). size: image side fed
     to the networks (default 160 px for the demo, the model's input size for a folder).
-    layers: default ``default_layers(model)``; ``pixels`` (added when ``pixels``) is the input
+    layers: default ``model.default_layers(8, first=True)``; ``pixels`` (added when ``pixels``) is the input
     average-pooled to 8 x 8. pictures: channel visualizations of the ``units`` channels per
     layer the probe leans on most, for both networks (``picture_size`` px, ``picture_steps``
     steps of the ``sharp`` recipe).
@@ -476,8 +471,7 @@ def transfer_report(model, data_dir=None, out_dir="report-transfer", *, layers: 
     ``pictures``), ``report.md`` and ``results.json`` under ``out_dir``; returns the results dict.
     """
     say = log or (lambda msg: None)
-    if not isinstance(model, ModelOrganism):
-        model = load(model)
+    model = load(model)
     if folds < 2:
         raise FeatvizError(f"folds must be at least 2, got {folds}")
     if inner_folds < 2:
@@ -491,7 +485,7 @@ def transfer_report(model, data_dir=None, out_dir="report-transfer", *, layers: 
     size = int(size or (DEMO_SIZE if data_dir is None else model.input_size))
     if size < 32 or size > 1024:
         raise FeatvizError(f"size must be between 32 and 1024 px, got {size}")
-    chosen = list(layers) if layers else default_layers(model)
+    chosen = list(layers) if layers else model.default_layers(DEFAULT_LAYERS, first=True)
     if pixels and PIXELS not in chosen:
         chosen = [PIXELS] + chosen
     layers = _depth_order(model, chosen)
@@ -635,6 +629,26 @@ def _summary(rows: list[dict], chance: float) -> dict:
         out["largest_gap"] = {"layer": widest["layer"], "gap": widest["gap"]}
         out["gaps"] = {r["layer"]: r["gap"] for r in nets}
     return out
+
+
+def site_entry(results: dict) -> SiteEntry:
+    """The report on a microscope's model page: the best layers in one line, and each layer's probe
+    accuracy (trained, random init) beside it in the layer table."""
+    s = results.get("summary") or {}
+    if not s.get("trained"):
+        return SiteEntry("transfer")
+    trained, random = s["trained"], s["random"]
+
+    def cell(value):
+        return "" if value is None else f"{value:.3f}"
+
+    cells = {r["layer"]: [cell(r["trained"]["accuracy"]), cell((r.get("random") or {}).get("accuracy"))]
+             for r in results.get("rows", [])}
+    summary = (f"linear probes on a new task ({len(results['data']['classes'])} classes); best layer: trained "
+               f"{trained['peak_layer']} ({trained['peak_accuracy']:.3f}), random init {random['peak_layer']} "
+               f"({random['peak_accuracy']:.3f}); chance {results['chance']:.3f}")
+    return SiteEntry("transfer", summary, ("probe, trained", "probe, random init"),
+                     "linear-probe accuracy on a new task (featviz report transfer)", cells)
 
 
 # -- figures ---------------------------------------------------------------------------------------------
