@@ -180,9 +180,10 @@ def test_rebuild_skips_and_changed_settings_redo_only_what_they_affect(tmp_path,
 def test_quick_preset_without_data_and_full_with_it():
     assert resolve_settings(None).preset == "quick"
     q = resolve_settings(None)
-    assert (q.n_layers, q.units, q.steps, q.size, q.diversity_images) == (3, 8, 32, 96, 4)
+    assert (q.n_layers, q.units, q.steps, q.size, q.diversity_images, q.recipe) == (3, 8, 64, 96, 4, "auto")
     full = resolve_settings("photos/")
-    assert (full.preset, full.units, full.steps, full.size, full.n_layers) == ("full", None, 96, 128, 6)
+    assert (full.preset, full.units, full.steps, full.size, full.n_layers, full.recipe) == \
+        ("full", None, 256, 128, 6, "auto")
     assert resolve_settings("photos/", quick=True).preset == "quick"
     assert resolve_settings(None, steps=10).steps == 10
     with pytest.raises(FeatvizError):

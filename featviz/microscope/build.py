@@ -102,7 +102,7 @@ def build(model="efficientnet_lite0", out: str | os.PathLike = "microscope", dat
     model: a name (``featviz.models.load``) or a ModelOrganism. data: a folder of
     photos for the dataset examples (None: the demo photos embedded in
     scikit-image). With no data and ``quick`` not False, the quick preset
-    (3 layers x 8 units, 32 steps, 96 px). Overrides: any ``BuildSettings`` field,
+    (3 layers x 8 units, 64 steps, 96 px). Overrides: any ``BuildSettings`` field,
     e.g. ``layers=["blocks.8"], units=16, steps=64, size=128``.
     engine: where the renders and the examples pass run (``featviz.engine.get_engine``; default
     this process). Whatever the engine, the seeds are fixed per batch before it is sent and only

@@ -1,8 +1,10 @@
 """What a microscope build makes, and the hashes that say when a panel must be made again.
 
-Two presets: ``quick`` (a newcomer's first look: 3 layers x 8 units, 32 steps at
+Two presets: ``quick`` (a newcomer's first look: 3 layers x 8 units, 64 steps at
 96 px, the embedded demo photos) and ``full`` (6 layers spanning the depth,
-every unit, 96 steps at 128 px). Any field can be overridden.
+every unit, 256 steps at 128 px). Both use the ``auto`` recipe: view-robust
+random zoom for units (images that keep their activation when the page shows
+them at another size), multi-crop for class images. Any field can be overridden.
 
 Every panel of the site (a unit's channel visualization, its dataset examples, a
 layer's DeepDream...) has a *settings hash*: a digest of exactly what its
@@ -69,9 +71,9 @@ class BuildSettings:
     layers: tuple[str, ...] | None = None
     n_layers: int = 6
     units: int | tuple[int, ...] | None = None
-    steps: int = 96
+    steps: int = 256
     size: int = 128
-    recipe: str = "default"
+    recipe: str = "auto"
     batch_size: int = 16
     diversity: float = 1.0
     diversity_images: int = 4
@@ -93,7 +95,7 @@ class BuildSettings:
 
 PRESETS = {
     "full": BuildSettings(),
-    "quick": BuildSettings(preset="quick", n_layers=3, units=8, steps=32, size=96, recipe="quick", batch_size=8,
+    "quick": BuildSettings(preset="quick", n_layers=3, units=8, steps=64, size=96, recipe="auto", batch_size=8,
                            diversity_batch=4, k=6, n_classes=4),
 }
 

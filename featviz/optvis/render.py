@@ -27,7 +27,7 @@ from .axes import (build_optimizer, build_param, build_schedule, build_transform
                    describe, is_built_param)
 from .dead_units import DeadStartRedirect
 from .objectives import Objective, as_objective, batched_channels
-from .transforms import TransformSpec
+from .transforms import VIEW_ROBUST, TransformSpec
 
 MAX_STEPS = 100_000
 MAX_BATCH = 4096
@@ -90,6 +90,10 @@ RECIPES = {
     # 4.2 vs 3.0 for the default, at about the same time per unit when batched).
     # pad 2 + jitter 4 = shifts of ±2 px at the same size, so no resampling is needed.
     "sharp": Recipe("sharp", steps=512, lr=0.05, transforms=TransformSpec("jitter2", pad=2, jitter=4)),
+    # The default for units: holds its activation when the image is seen at another scale or shift
+    # (featviz.optvis.quality; benchmarks/bench_render.py, see README). Random zoom 0.75-1.75x with sub-pixel
+    # shifts, views of at most 3/4 of the side, a higher learning rate to converge in fewer steps.
+    "robust": Recipe("robust", steps=448, lr=0.15, transforms=VIEW_ROBUST),
     # Quick previews (tests, the microscope's quick mode).
     "quick": Recipe("quick", steps=32, lr=0.08),
 }
@@ -144,8 +148,8 @@ def render(model: ModelOrganism, objective: Objective | str, *, recipe: str | Re
     ``objective``: an ``Objective`` or shorthand such as ``"blocks.8:12"``,
     ``"logit:309"``, ``"prob:309"``, ``"dream:blocks.5"``.
     ``recipe``: a ``Recipe`` or the name of one in ``RECIPES``: ``auto``
-    (``default`` for class objectives, ``sharp`` for units: what
-    bench_render.py measured best for each) | ``default`` | ``sharp`` |
+    (``default`` for class objectives, ``robust`` for units: what
+    bench_render.py measured best for each) | ``default`` | ``robust`` | ``sharp`` |
     ``lucid`` | ``maco`` | ``quick``. ``overrides`` replace fields of the
     recipe for this call: ``steps``, ``lr``, ``param``, ``transforms``,
     ``optimizer``, ``lr_schedule``... each a name or an object of your own
@@ -275,11 +279,11 @@ def resolve_recipe(recipe: str | Recipe, objective: Objective, overrides: dict) 
 
 def auto_recipe(objective: Objective) -> str:
     """The recipe ``auto`` stands for: multi-crop robustness for class objectives
-    (it is what makes class images recognisable by other networks), light jitter
-    and more steps for units (higher activation at the same time per unit)."""
+    (it is what makes class images recognisable by other networks), random zoom
+    for units (activation that holds when the image is seen at another scale)."""
     from ..models.organism import LOGITS
 
-    return "default" if LOGITS in objective.layers else "sharp"
+    return "default" if LOGITS in objective.layers else "robust"
 
 
 def render_units(model: ModelOrganism, units: Sequence[tuple[str, int]], *, batch_size: int = 16, kind: str = "channel",
