@@ -8,7 +8,7 @@ from ..models import DEFAULT_MODEL, load
 # MODEL is required: an optional first argument would swallow the next one
 # (click fills arguments left to right). Only `featviz layers` defaults it.
 # MODEL is a name (featviz models), a model spec file (my_net.toml) or torchvision:/timm:<arch>;
-# both decorators add --weights (below), which load_model reads.
+# both decorators also add --weights (below), which load_model reads.
 def model_argument(f):
     return weights_option(click.argument("model", metavar="MODEL")(f))
 
