@@ -166,7 +166,8 @@ def transfer_cmd(model, data_dir, layers, size, per_class, folds, seed, pixels, 
 @click.option("--budgets", default="2,5,10,25", show_default=True, help="training examples per class, e.g. 2,5,10")
 @click.option("--steps", type=int, default=60, show_default=True, help="optimizer steps of every run")
 @click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="AdamW learning rate (cosine decay)")
+@click.option("--lr", type=float, default=1e-4, show_default=True,
+              help="AdamW learning rate of the network (cosine decay); the new classifier's is 10x")
 @click.option("--holdout", type=int, default=10, show_default=True, help="held-out images per class")
 @click.option("--size", type=int, default=None,
               help="image side in px [default: 96 for the demo task, the model's input size for DATA_DIR]")
