@@ -65,7 +65,13 @@ def transaction(con: sqlite3.Connection):
     try:
         yield con
     except BaseException:
-        con.execute("ROLLBACK")
+        # SQLite has already rolled back after some errors (SQLITE_FULL...): a second ROLLBACK would
+        # fail with "cannot rollback - no transaction is active" and hide the real error.
+        if con.in_transaction:
+            try:
+                con.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
         raise
     else:
         con.execute("COMMIT")

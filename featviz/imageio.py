@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,6 +16,22 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from .errors import FeatvizError, ImageReadError
 
 SETTINGS_KEY = "featviz"  # PNG text chunk that holds the JSON settings
+
+
+def check_regular_file(path) -> None:
+    """Raise ``ImageReadError`` unless ``path`` is a regular file (after links): a FIFO, socket or
+    device named ``*.jpg`` is never opened (opening a FIFO waits for a writer forever)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ImageReadError(f"image not found: {path}") from None
+    except OSError as exc:
+        raise ImageReadError(f"cannot read image {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else
+                "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a special file")
+        raise ImageReadError(f"not a regular file ({kind}): {path}")
 
 
 # 32-bit integer, float and 16-bit grey images: converting them to 8-bit RGB clips their values, so a
@@ -29,6 +46,7 @@ def load_image(source) -> Image.Image:
         img = source
     else:
         path = Path(source)
+        check_regular_file(path)
         try:
             img = Image.open(path)
             img.load()

@@ -49,6 +49,19 @@ def load_model(name: str, device: str | None = None, weights: str | None = None)
     return load(name, device=device, weights=weights)
 
 
+def parse_unit(spec: str) -> tuple[str, int]:
+    """'blocks.8:12' -> ('blocks.8', 12); anything else is one clear error line."""
+    from ..errors import FeatvizError
+
+    layer, sep, unit = spec.rpartition(":")
+    try:
+        if not sep or not layer:
+            raise ValueError
+        return layer, int(unit)
+    except ValueError:
+        raise FeatvizError(f"expected LAYER:UNIT such as blocks.8:12, got {spec!r}") from None
+
+
 def parse_range(text: str, limit: int | None = None, what: str = "index") -> list[int]:
     """'0-31' / '3,7,9' / '0-3,8' -> list of ints, each checked against ``limit`` (exclusive) before any
     range is expanded, so '0-999999999' costs nothing to refuse."""

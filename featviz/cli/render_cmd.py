@@ -19,7 +19,7 @@ def recipe_options(f):
     options = [
         click.option("--recipe", type=click.Choice(["auto", *RECIPES]), default="auto", show_default=True,
                      help="preset of steps, lr, parameterization and transforms; auto: 'default' (multi-crop) "
-                          "for classes, 'sharp' for units"),
+                          "for classes, 'robust' (random zoom) for units"),
         click.option("--steps", type=click.IntRange(1, 100_000), default=None, help="optimization steps"),
         click.option("--lr", type=float, default=None, help="learning rate"),
         click.option("--param", type=click.Choice(["fourier", "pixel", "maco"]), default=None,

@@ -20,13 +20,14 @@ import torch
 from ..errors import FeatvizError, NonFiniteLossError
 from ..imageio import grid, save_gif, save_image, to_pil
 from ..models.organism import ModelOrganism
+from ..progress import progress_bar
 from . import memory
 from .axes import OPTIMIZERS  # noqa: F401  (where callers found the table before it moved to axes)
 from .axes import (build_optimizer, build_param, build_schedule, build_transforms, check_axis, check_built_param,
                    describe, is_built_param)
 from .dead_units import DeadStartRedirect
 from .objectives import Objective, as_objective, batched_channels
-from .transforms import TransformSpec
+from .transforms import VIEW_ROBUST, TransformSpec
 
 MAX_STEPS = 100_000
 MAX_BATCH = 4096
@@ -89,6 +90,10 @@ RECIPES = {
     # 4.2 vs 3.0 for the default, at about the same time per unit when batched).
     # pad 2 + jitter 4 = shifts of ±2 px at the same size, so no resampling is needed.
     "sharp": Recipe("sharp", steps=512, lr=0.05, transforms=TransformSpec("jitter2", pad=2, jitter=4)),
+    # The default for units: holds its activation when the image is seen at another scale or shift
+    # (featviz.optvis.quality; benchmarks/bench_render.py, see README). Random zoom 0.75-1.75x with sub-pixel
+    # shifts, views of at most 3/4 of the side, a higher learning rate to converge in fewer steps.
+    "robust": Recipe("robust", steps=448, lr=0.15, transforms=VIEW_ROBUST),
     # Quick previews (tests, the microscope's quick mode).
     "quick": Recipe("quick", steps=32, lr=0.08),
 }
@@ -143,8 +148,8 @@ def render(model: ModelOrganism, objective: Objective | str, *, recipe: str | Re
     ``objective``: an ``Objective`` or shorthand such as ``"blocks.8:12"``,
     ``"logit:309"``, ``"prob:309"``, ``"dream:blocks.5"``.
     ``recipe``: a ``Recipe`` or the name of one in ``RECIPES``: ``auto``
-    (``default`` for class objectives, ``sharp`` for units: what
-    bench_render.py measured best for each) | ``default`` | ``sharp`` |
+    (``default`` for class objectives, ``robust`` for units: what
+    bench_render.py measured best for each) | ``default`` | ``robust`` | ``sharp`` |
     ``lucid`` | ``maco`` | ``quick``. ``overrides`` replace fields of the
     recipe for this call: ``steps``, ``lr``, ``param``, ``transforms``,
     ``optimizer``, ``lr_schedule``... each a name or an object of your own
@@ -180,7 +185,7 @@ def render(model: ModelOrganism, objective: Objective | str, *, recipe: str | Re
     }
     loop = _Optimization(model, objective, recipe, image_param, augment, generator, batch, max_rows, alpha)
     return loop.run(RenderResult(images=torch.empty(0), settings=settings), _snapshot_steps(snapshots, recipe.steps),
-                    _progress(recipe.steps, objective.description) if progress else None, callback)
+                    progress_bar(recipe.steps, objective.description, leave=False) if progress else None, callback)
 
 
 class _Optimization:
@@ -274,11 +279,11 @@ def resolve_recipe(recipe: str | Recipe, objective: Objective, overrides: dict) 
 
 def auto_recipe(objective: Objective) -> str:
     """The recipe ``auto`` stands for: multi-crop robustness for class objectives
-    (it is what makes class images recognisable by other networks), light jitter
-    and more steps for units (higher activation at the same time per unit)."""
+    (it is what makes class images recognisable by other networks), random zoom
+    for units (activation that holds when the image is seen at another scale)."""
     from ..models.organism import LOGITS
 
-    return "default" if LOGITS in objective.layers else "sharp"
+    return "default" if LOGITS in objective.layers else "robust"
 
 
 def render_units(model: ModelOrganism, units: Sequence[tuple[str, int]], *, batch_size: int = 16, kind: str = "channel",
@@ -295,7 +300,8 @@ def render_units(model: ModelOrganism, units: Sequence[tuple[str, int]], *, batc
     chunks = [units[i:i + batch_size] for i in range(0, len(units), batch_size)]
     iterator = chunks
     if progress:
-        iterator = _progress(len(chunks), f"{len(units)} units in batches of {batch_size}", unit="batch")(chunks)
+        iterator = progress_bar(len(chunks), f"{len(units)} units in batches of {batch_size}", unit="batch",
+                                leave=False, iterable=chunks)
     for chunk in iterator:
         objective = batched_channels(list(chunk), kind)
         batch_result = render(model, objective, batch=len(chunk), seed=seed, **kwargs)
@@ -422,27 +428,6 @@ def _snapshot_steps(snapshots, steps: int) -> set[int]:
         every = check_integer("snapshot interval", snapshots, 1, MAX_STEPS)
         return set(range(every, steps + 1, every))
     return {check_integer("snapshot step", step, 1, MAX_STEPS) for step in snapshots}
-
-
-def _progress(total: int, description: str, unit: str = "step"):
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc=description[:40], unit=unit, leave=False)
-
-    class _Bar:
-        def __init__(self):
-            self._bar = bar
-
-        def __call__(self, iterable):
-            for item in iterable:
-                yield item
-                bar.update(1)
-            bar.close()
-
-        def __getattr__(self, name):
-            return getattr(bar, name)
-
-    return _Bar()
 
 
 def version() -> str:

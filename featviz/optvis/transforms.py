@@ -112,6 +112,50 @@ class RandomAffine(nn.Module):
         return out
 
 
+class RandomZoom(nn.Module):
+    """See the image at a random magnification each step, as a viewer or a thumbnail would.
+
+    One magnification ``m`` per step (shared by the batch, so the step stays one forward pass), drawn from
+    ``magnification``: the network sees a window of the image resized to ``m`` times its side. The window is at
+    most ``max_view`` of the canvas side (a random crop of the magnified image: smaller views cost less, and
+    averaged over steps every part of the image is seen), the whole magnified image when that is smaller
+    (``crop_enlarged=False``: always the whole image). Every view is also shifted by up to ``translate`` of the
+    side, at sub-pixel offsets, so no pattern can rely on the pixel grid. One bilinear resampling per step.
+    """
+
+    def __init__(self, magnification: tuple[float, float] = (0.75, 1.75), translate: float = 0.0,
+                 out_size: int | None = None, crop_enlarged: bool = True, max_view: float = 1.0):
+        super().__init__()
+        lo, hi = magnification
+        if not 0 < lo <= hi:
+            raise FeatvizError(f"magnification range must be 0 < lo <= hi, got {magnification}")
+        if not 0 < max_view <= 1:
+            raise FeatvizError(f"max_view must be in (0, 1], got {max_view}")
+        self.magnification, self.translate, self.out_size = (lo, hi), translate, out_size
+        self.crop_enlarged, self.max_view = crop_enlarged, max_view
+
+    def forward(self, x, generator=None):
+        n, c, h, w = x.shape
+        dev = x.device
+        m = float(_uniform(1, *self.magnification, generator, dev))
+        side = self.out_size or h
+        magnified = side * m
+        view = magnified if not self.crop_enlarged else min(magnified, side * self.max_view)
+        out_h = out_w = max(8, round(view))
+        region = torch.full((n,), out_h / magnified, device=dev)  # the window, as a fraction of the canvas
+        # Window position inside the canvas (affine_grid coordinates run over [-1, 1]).
+        room = (1 - region).clamp(min=0)
+        tx = _uniform(n, -1, 1, generator, dev) * room
+        ty = _uniform(n, -1, 1, generator, dev) * room
+        if self.translate:
+            tx = tx + _uniform(n, -self.translate, self.translate, generator, dev) * 2
+            ty = ty + _uniform(n, -self.translate, self.translate, generator, dev) * 2
+        zero = torch.zeros_like(region)
+        theta = torch.stack([torch.stack([region, zero, tx], 1), torch.stack([zero, region, ty], 1)], 1)
+        grid = F.affine_grid(theta, (n, c, out_h, out_w), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
 class Compose(nn.Module):
     def __init__(self, transforms: Sequence[nn.Module]):
         super().__init__()
@@ -140,6 +184,9 @@ class TransformSpec:
     views: int = 1
     noise: float = 0.0
     keep_inside: bool = False
+    zoom: tuple[float, float] | None = None  # RandomZoom's magnification range instead of RandomAffine
+    crop_enlarged: bool = True  # RandomZoom: views are crops of at most max_view of the side (else whole)
+    max_view: float = 1.0
 
     def build(self, out_size: int) -> Compose:
         parts: list[nn.Module] = []
@@ -147,6 +194,9 @@ class TransformSpec:
             parts.append(Pad(self.pad))
         if self.jitter:
             parts.append(Jitter(self.jitter))
+        if self.zoom is not None:
+            return Compose(parts + [RandomZoom(self.zoom, self.translate, out_size, self.crop_enlarged,
+                                              self.max_view)])
         parts.append(RandomAffine(self.scale, self.degrees, self.translate, out_size, self.views, self.noise,
                                   self.keep_inside))
         return Compose(parts)
@@ -159,9 +209,12 @@ LUCID = TransformSpec("lucid", pad=12, jitter=8, scale=(0.9, 1.1), degrees=10, t
 # robustness by averaging over views, the MACO-style recipe.
 MULTI_CROP = TransformSpec("multicrop", pad=0, jitter=0, scale=(0.6, 1.0), degrees=5, views=4, noise=0.02,
                            keep_inside=True)
+# Views at random magnifications 0.75-1.75x (crops of at most 3/4 of the side) with sub-pixel shifts up to
+# 4 px at 128: what a unit image must survive when a notebook, a browser or a thumbnail shows it.
+VIEW_ROBUST = TransformSpec("zoom", zoom=(0.75, 1.75), translate=4 / 128, max_view=0.75)
 NONE = TransformSpec("none")
 
-PRESETS = {t.name: t for t in (LUCID, MULTI_CROP, NONE)}
+PRESETS = {t.name: t for t in (LUCID, MULTI_CROP, VIEW_ROBUST, NONE)}
 
 
 def get_spec(spec: str | TransformSpec) -> TransformSpec:
