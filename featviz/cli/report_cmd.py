@@ -1,4 +1,4 @@
-"""``featviz report logits|causes|transfer``: experiments with figures and a Markdown page."""
+"""``featviz report logits|causes|transfer|finetune``: experiments with figures and a Markdown page."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -156,6 +156,51 @@ def transfer_cmd(model, data_dir, layers, size, per_class, folds, seed, pixels, 
     click.echo(f"chance {res['chance']:.3f}")
     for r in res["rows"]:
         click.echo(row_line(r))
+    click.echo(f"wrote {Path(out) / 'report.md'}")
+    _publish(site, out)
+
+
+@report.command("finetune")
+@model_argument
+@click.argument("data_dir", required=False, type=click.Path(path_type=Path))
+@click.option("--budgets", default="2,5,10,25", show_default=True, help="training examples per class, e.g. 2,5,10")
+@click.option("--steps", type=int, default=60, show_default=True, help="optimizer steps of every run")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="AdamW learning rate (cosine decay)")
+@click.option("--holdout", type=int, default=10, show_default=True, help="held-out images per class")
+@click.option("--size", type=int, default=None,
+              help="image side in px [default: 96 for the demo task, the model's input size for DATA_DIR]")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="output folder")
+@site_option
+def finetune_cmd(model, data_dir, budgets, steps, batch_size, lr, holdout, size, seed, out, site):
+    """Held-out accuracy of ImageNet-initialized vs from-scratch fine-tuning at several examples-per-class
+    budgets (the same steps), and per-layer CKA to the starting network (DATA_DIR: one sub-folder of
+    images per class; without it, the offline demo task). Trains on the CPU."""
+    from ..reports.finetune import finetune_report
+    from ..training import TrainSettings
+
+    try:
+        numbers = parse_range(budgets) if budgets.strip() else []
+    except click.BadParameter as exc:
+        raise FeatvizError(f"--budgets: {exc.message}") from None
+    if not numbers:
+        raise FeatvizError("--budgets: give examples per class, e.g. 2,5,10")
+    settings = TrainSettings(batch_size=batch_size, lr=lr, holdout=holdout, size=size, seed=seed)
+    settings.check()
+    organism = load_model(model, "cpu")
+    if site is not None:
+        _check_site(site, organism.name)
+    if data_dir is None:
+        click.echo("no DATA_DIR given: using the offline demo task (shapes on textures)", err=True)
+    res = finetune_report(organism, data_dir, out, budgets=numbers, steps=steps, settings=settings,
+                          log=lambda m: click.echo(m, err=True))
+    for b in res["settings"]["budgets"]:
+        click.echo(f"{b:3d} per class: pretrained {res['accuracy']['pretrained'][str(b)]:.3f}  "
+                   f"scratch {res['accuracy']['scratch'][str(b)]:.3f}")
+    layers = list(res["cka"])
+    first, last = layers[0], layers[-2] if len(layers) > 1 else layers[-1]  # the last one: the new classifier
+    click.echo(f"CKA to the start: {first} {res['cka'][first]:.3f}, {last} {res['cka'][last]:.3f}")
     click.echo(f"wrote {Path(out) / 'report.md'}")
     _publish(site, out)
 

@@ -11,7 +11,7 @@ import importlib
 from dataclasses import dataclass, field
 
 # The report modules of featviz.reports (a new report adds its name here and a ``site_entry``).
-REPORT_MODULES = ("logits", "causes", "transfer")
+REPORT_MODULES = ("logits", "causes", "transfer", "finetune")
 
 
 @dataclass(frozen=True)
