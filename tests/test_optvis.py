@@ -145,7 +145,7 @@ def test_render_raises_objective_and_is_reproducible(tiny):
     assert all(not m._forward_hooks for m in tiny.network.modules())
 
 
-@pytest.mark.parametrize("recipe", ["default", "lucid", "maco", "sharp"])
+@pytest.mark.parametrize("recipe", ["default", "lucid", "maco", "sharp", "robust"])
 def test_every_recipe_runs(tiny, recipe):
     r = render(tiny, "logit:2", size=32, steps=4, recipe=recipe)
     assert r.images.shape == (1, 3, 32, 32) and len(r.history) == 4

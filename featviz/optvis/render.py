@@ -280,10 +280,14 @@ def resolve_recipe(recipe: str | Recipe, objective: Objective, overrides: dict) 
 def auto_recipe(objective: Objective) -> str:
     """The recipe ``auto`` stands for: multi-crop robustness for class objectives
     (it is what makes class images recognisable by other networks), random zoom
-    for units (activation that holds when the image is seen at another scale)."""
+    for units (activation that holds when the image is seen at another scale).
+    Neuron objectives keep ``sharp``: they name a position on the canvas's grid,
+    which random zoomed windows would move and shrink."""
     from ..models.organism import LOGITS
 
-    return "default" if LOGITS in objective.layers else "robust"
+    if LOGITS in objective.layers:
+        return "default"
+    return "sharp" if "neuron" in objective.description else "robust"
 
 
 def render_units(model: ModelOrganism, units: Sequence[tuple[str, int]], *, batch_size: int = 16, kind: str = "channel",
