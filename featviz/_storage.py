@@ -8,8 +8,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import FeatvizError
+from .imageio import check_output
 
 LOCK = ".lock"  # the lock file inside a locked folder
+
+
+def require_regular_file(path: Path) -> None:
+    """A lock or a database must be a regular file (or not exist yet): opening a named pipe would
+    hang and writing a device could damage the system (``featviz.imageio.check_output``'s rule)."""
+    if check_output(path, probe=False) != "replace":
+        raise FeatvizError(f"refusing to use {path}: it is not a regular file")
 
 
 class FolderLock:
@@ -21,7 +29,11 @@ class FolderLock:
 
     def __init__(self, folder: str | os.PathLike, busy: str):
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FeatvizError(f"cannot create the folder {folder}: {exc.strerror or exc}") from None
+        require_regular_file(folder / LOCK)
         self.file = open(folder / LOCK, "a+")
         try:
             import fcntl
@@ -50,11 +62,17 @@ def connect(db: str | os.PathLike, *, readonly: bool = False, any_thread: bool =
     synced to disk. any_thread: the connection may be used from other threads.
     """
     path = Path(db)
+    require_regular_file(path)
     if readonly:
         return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, timeout=30,
                                check_same_thread=not any_thread)
     con = sqlite3.connect(str(path), isolation_level=None, timeout=30, check_same_thread=not any_thread)
-    con.execute("PRAGMA synchronous=FULL")
+    try:
+        con.execute("PRAGMA synchronous=FULL")  # the first statement: a damaged file fails here
+    except sqlite3.DatabaseError as exc:
+        con.close()
+        raise FeatvizError(f"{path} is damaged or not an SQLite database ({exc}); move it away to start "
+                           "over") from None
     return con
 
 

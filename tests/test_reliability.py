@@ -1,0 +1,190 @@
+"""What featviz promises about the files it writes, bad input and interruptions (docs/guarantees.md).
+
+Every test here was written to fail before the behaviour it checks existed."""
+import os
+import stat
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import crash_on_call, one_error_line
+from featviz.cli import main
+from featviz.errors import FeatvizError
+from featviz import imageio
+from featviz.imageio import atomic_write, save_png
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+@pytest.fixture
+def run():
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+def small_image():
+    return Image.new("RGB", (8, 8), (200, 30, 30))
+
+
+def device_node(path: Path, rdev: tuple[int, int]) -> Path:
+    """A character device at ``path`` (mknod as root); else a symbolic link to the system's one.
+    Either way a write must not replace what is at ``path``."""
+    if IS_ROOT:
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(*rdev))
+    else:
+        target = {(1, 3): "/dev/null", (1, 5): "/dev/zero"}[rdev]
+        path.symlink_to(target)
+    return path
+
+
+def is_char_device(path: Path) -> bool:
+    return stat.S_ISCHR(os.stat(path).st_mode)
+
+
+# -- item 1: nothing but a regular file is ever replaced ------------------------------------------------
+
+def test_a_device_at_the_output_path_is_refused_not_replaced(tmp_path):
+    zero = device_node(tmp_path / "x", (1, 5))  # /dev/zero's numbers
+    before = os.lstat(zero)
+    with pytest.raises(FeatvizError, match="not a regular file"):
+        save_png(small_image(), zero)
+    after = os.lstat(zero)
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino) and is_char_device(zero)
+    assert [p.name for p in tmp_path.iterdir()] == ["x"]  # no temporary file left behind
+
+
+def test_the_null_device_is_written_through_and_stays_a_device(tmp_path):
+    null = device_node(tmp_path / "x", (1, 3))  # what `mknod -m 666 x c 1 3` makes
+    save_png(small_image(), null)
+    assert is_char_device(null)
+    assert os.lstat(null).st_mode == os.lstat(tmp_path / "x").st_mode
+
+
+def test_a_link_is_followed_not_replaced(tmp_path):
+    real = tmp_path / "real.png"
+    save_png(small_image(), real)
+    link = tmp_path / "link.png"
+    link.symlink_to(real)
+    save_png(Image.new("RGB", (5, 5)), link)
+    assert link.is_symlink() and Image.open(real).size == (5, 5)
+
+
+def test_a_named_pipe_is_written_through(tmp_path):
+    pipe = tmp_path / "out.png"
+    os.mkfifo(pipe)
+    got = {}
+
+    def reader():
+        with open(pipe, "rb") as fh:
+            got["bytes"] = fh.read()
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    for _ in range(5000):  # until the reader thread is inside open(): a pipe without one is an error
+        try:
+            save_png(small_image(), pipe)
+            break
+        except FeatvizError as exc:
+            assert "nothing reads from the pipe" in str(exc)
+            threading.Event().wait(0.002)
+    t.join(60)
+    assert got["bytes"].startswith(PNG_SIGNATURE)
+    assert stat.S_ISFIFO(os.lstat(pipe).st_mode)
+
+
+def test_a_pipe_nobody_reads_is_an_error_not_a_hang(tmp_path):
+    pipe = tmp_path / "out.png"
+    os.mkfifo(pipe)
+    with pytest.raises(FeatvizError, match="nothing reads from the pipe"):
+        save_png(small_image(), pipe)
+    assert stat.S_ISFIFO(os.lstat(pipe).st_mode)
+
+
+def test_a_store_or_lock_that_is_not_a_regular_file_is_refused(tmp_path):
+    from featviz._storage import FolderLock, connect
+
+    os.mkfifo(tmp_path / "db.sqlite")
+    with pytest.raises(FeatvizError, match="not a regular file"):
+        connect(tmp_path / "db.sqlite")
+    os.mkfifo(tmp_path / ".lock")
+    with pytest.raises(FeatvizError, match="not a regular file"):
+        FolderLock(tmp_path, "busy")
+
+
+def test_render_refuses_a_device_before_rendering(run, tmp_path, monkeypatch):
+    from featviz.cli import render_cmd
+
+    crash_on_call(monkeypatch, render_cmd, "load_model", 1, "the output was not checked first")
+    x = device_node(tmp_path / "x", (1, 5))
+    result = run("render", "efficientnet_lite0", "blocks.8:1", "-o", x, "--size", 64, "--steps", 4)
+    assert "not a regular file" in one_error_line(result)
+    assert is_char_device(x)
+
+
+@pytest.mark.slow
+def test_render_to_stdout(run, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["render", "efficientnet_lite0", "blocks.8:1", "-o", "-", "--size", "32",
+                                  "--steps", "1"], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout_bytes.startswith(PNG_SIGNATURE)
+    assert "wrote -" in result.stderr
+
+
+@pytest.mark.parametrize("out, message, cli_message", [
+    ("", "output path is empty", "output path is empty"),
+    ("a_file/x.png", "a_file is a file, not a folder", "a_file is a file, not a folder"),
+    ("/proc/x.png", "cannot create a file in /proc", "cannot create a file in /proc"),
+    ("n" * 300 + ".png", "file name is 304 bytes long", "file name is 304 bytes long"),
+    (".", "it is a folder", "'.' is a directory"),  # click's own check comes first
+])
+def test_an_output_path_that_cannot_be_written_is_one_line(run, tmp_path, monkeypatch, out, message, cli_message):
+    from featviz.cli import render_cmd
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(FeatvizError, match=message):
+        imageio.check_output(out)
+    # and through atomic_write, which every file of featviz goes through
+    with pytest.raises(FeatvizError):
+        atomic_write(out, lambda tmp: Path(tmp).write_bytes(b"x"))
+    crash_on_call(monkeypatch, render_cmd, "load_model", 1, "the output was not checked first")
+    result = run("render", "efficientnet_lite0", "blocks.8:1", "-o", out, "--size", 64, "--steps", 4)
+    assert cli_message in one_error_line(result)
+    assert (tmp_path / "a_file").read_text() == "not a folder"
+
+
+def test_a_failed_write_leaves_the_old_file(tmp_path):
+    out = tmp_path / "keep.png"
+    save_png(small_image(), out)
+    before = out.read_bytes()
+
+    def broken(tmp):
+        Path(tmp).write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(FeatvizError, match="No space left on device"):
+        atomic_write(out, broken)
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["keep.png"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("render-layer", "efficientnet_lite0", "blocks.2", "--columns", "-1", "-o", "x.png"), "--columns"),
+    (("examples", "efficientnet_lite0", "--workers", "-1", "-o", "store"), "--workers"),
+    (("serve", "site", "--workers", "-1"), "--workers"),
+    (("report", "logits", "efficientnet_lite0", "-o", "a_file/report"), "a_file is a file, not a folder"),
+])
+def test_bad_option_values_are_one_line(run, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("not a folder")
+    assert message in one_error_line(run(*args))
