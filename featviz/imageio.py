@@ -21,18 +21,47 @@ from .errors import FeatvizError, ImageReadError
 SETTINGS_KEY = "featviz"  # PNG text chunk that holds the JSON settings
 
 
+# Pillow's decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS, ~179 megapixels), kept even where a
+# program has switched Pillow's check off: decoding more would need gigabytes of memory.
+MAX_PIXELS = 2 * 89_478_485
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file as featviz reads every photo: only its header is read, and a missing or
+    unreadable file, anything but a regular file (a pipe would hang) or an image of more than
+    ``MAX_PIXELS`` (a decompression bomb) is an ``ImageReadError`` line. Use it as a context manager."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ImageReadError(f"image not found: {path}") from None
+    except OSError as exc:
+        raise ImageReadError(f"cannot read image {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        raise ImageReadError(f"cannot read image {path}: it is {_kind_of(mode)}, not a regular file")
+    try:
+        img = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(f"refusing to read image {path}: {exc}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"cannot read image {path}: {exc}") from None
+    if img.width * img.height > MAX_PIXELS:
+        img.close()
+        raise ImageReadError(f"refusing to read image {path}: {img.width}x{img.height} pixels is more than "
+                             f"{MAX_PIXELS} (a decompression bomb?)")
+    return img
+
+
 def load_image(source) -> Image.Image:
-    """Open a path or PIL image as RGB; any failure is an ``ImageReadError``."""
+    """Open a path or PIL image as RGB; any failure is an ``ImageReadError`` (see ``open_image``)."""
     if isinstance(source, Image.Image):
         img = source
     else:
         path = Path(source)
+        img = open_image(path)
         try:
-            img = Image.open(path)
             img.load()
-        except FileNotFoundError:
-            raise ImageReadError(f"image not found: {path}") from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        except (OSError, SyntaxError, ValueError, MemoryError) as exc:
             raise ImageReadError(f"cannot read image {path}: {exc}") from None
     if img.mode in ("RGBA", "LA", "P", "PA"):
         # Composite transparency on white rather than on the undefined RGB under alpha.

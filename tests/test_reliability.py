@@ -188,3 +188,84 @@ def test_bad_option_values_are_one_line(run, tmp_path, monkeypatch, args, messag
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a_file").write_text("not a folder")
     assert message in one_error_line(run(*args))
+
+
+# -- item 9: decompression bombs, damaged stores ---------------------------------------------------------
+
+def bomb_png(path: Path, side: int, rows: int | None = None) -> Path:
+    """A 1-bit PNG of side x side pixels that is tiny on disk. rows: write only that many rows of
+    pixel data (the header still says side x side, which is all a reader sees before decoding)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = bytes(1 + (side + 7) // 8)  # filter byte + the packed bits of one row
+    packer = zlib.compressobj(1)
+    n = side if rows is None else rows
+    data = b"".join(packer.compress(row * min(1000, n - i)) for i in range(0, n, 1000)) + packer.flush()
+    path.write_bytes(PNG_SIGNATURE + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bombs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bombs")
+    return [bomb_png(folder / "20k.png", 20_000), bomb_png(folder / "60k.png", 60_000, rows=1000)]
+
+
+def test_a_decompression_bomb_is_refused_by_every_reader(bombs, tiny):
+    from featviz.examples.files import read_photo
+    from featviz.imageio import load_image
+
+    for bomb in bombs:
+        assert bomb.stat().st_size < 1_000_000
+        for read in (load_image, read_photo, tiny.preprocess):
+            with pytest.raises(FeatvizError, match="refusing to read image .*pixels"):
+                read(bomb)
+
+
+def test_a_pipe_given_as_a_photo_is_an_error_not_a_hang(tmp_path, tiny):
+    os.mkfifo(tmp_path / "cat.jpg")
+    with pytest.raises(FeatvizError, match="named pipe, not a regular file"):
+        tiny.preprocess(tmp_path / "cat.jpg")
+
+
+@pytest.mark.parametrize("command", ["attribute", "blocks", "dream"])
+def test_commands_refuse_a_bomb_in_one_line(run, bombs, lite0, monkeypatch, tmp_path, command):
+    from featviz.cli import attribute_cmd, render_cmd
+
+    for module in (attribute_cmd, render_cmd):
+        monkeypatch.setattr(module, "load_model", lambda name, device=None: lite0)
+    extra = {"attribute": [], "blocks": ["--layer", "head", "--no-thumbnails"],
+             "dream": ["--layer", "blocks.5", "--steps", "1"]}[command]
+    for bomb in bombs:
+        result = run(command, "efficientnet_lite0", bomb, "-o", tmp_path / "x.png", *extra)
+        assert "refusing to read image" in one_error_line(result)
+
+
+def test_a_truncated_manifest_is_one_line(run, tmp_path, tiny):
+    from conftest import empty_site
+    from featviz.microscope.manifest import Manifest
+
+    site = empty_site(tmp_path / "site", tiny)
+    db = site / "manifest.sqlite"
+    with Manifest(site) as man:  # some rows, so the file has more than one page
+        man.put([])
+    db.write_bytes(db.read_bytes()[:100])
+    with pytest.raises(FeatvizError, match="damaged"):
+        Manifest(site)
+    result = run("microscope", "build", "efficientnet_lite0", "-o", site, "--steps", 1)
+    assert "damaged" in one_error_line(result)
+
+
+# -- item 10: an empty list is an error, not the default ---------------------------------------------------
+
+def test_an_empty_layer_list_is_an_error(run, tmp_path):
+    from featviz.microscope.settings import preset
+
+    for layers in (",", " , ", []):
+        with pytest.raises(FeatvizError, match="no layers"):
+            preset("quick", layers=layers)
+    result = run("microscope", "build", "efficientnet_lite0", "--layers", ",", "-o", tmp_path / "site")
+    assert "no layers" in one_error_line(result)
+    assert not (tmp_path / "site").exists()

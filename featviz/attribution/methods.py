@@ -51,6 +51,7 @@ from PIL import Image
 from torch import nn
 
 from ..errors import FeatvizError, ImageReadError
+from ..imageio import open_image
 from ..models.organism import ModelOrganism
 from ..optvis.objectives import Objective, logit, parse
 from . import display
@@ -220,11 +221,8 @@ def check_photo_mode(photo) -> None:
     if isinstance(photo, Image.Image):
         mode, name = photo.mode, "the image"
     else:
-        try:
-            with Image.open(photo) as im:
-                mode, name = im.mode, str(photo)
-        except Exception:  # unreadable: load_image reports it in one line
-            return
+        with open_image(photo) as im:  # unreadable, a pipe or a bomb: one ImageReadError line
+            mode, name = im.mode, str(photo)
     if mode in UNSUPPORTED_MODES:
         raise ImageReadError(f"unsupported image mode {mode!r} in {name}: attribution reads 8-bit photos "
                              f"(RGB, grey, palette, CMYK); convert it to 8-bit RGB first")

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import FeatvizError, ImageReadError
-from ..imageio import load_image
+from ..imageio import load_image, open_image
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -66,7 +66,7 @@ def read_photo(path: str | os.PathLike) -> Image.Image:
     grayscale images to 8 bits.
     """
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img.load()
             try:
                 img = ImageOps.exif_transpose(img)
