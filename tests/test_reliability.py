@@ -269,3 +269,91 @@ def test_an_empty_layer_list_is_an_error(run, tmp_path):
     result = run("microscope", "build", "efficientnet_lite0", "--layers", ",", "-o", tmp_path / "site")
     assert "no layers" in one_error_line(result)
     assert not (tmp_path / "site").exists()
+
+
+# -- item 4: Ctrl-C stops every long command promptly, with its work kept --------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+# Generous: a prompt stop takes well under a second of work; this bound only catches a command that
+# goes on working (the next render of a report, the rest of a build) and does not depend on load.
+PROMPT_S = 60
+
+
+def interrupt_when(args: list, pattern: str, cwd: Path) -> tuple[int, str]:
+    """Run ``featviz ARGS`` in a subprocess, send it SIGINT (Ctrl-C) as soon as its stderr shows
+    ``pattern`` (a regular expression: a progress line proves it is working), and return its exit
+    status and stderr once it has stopped."""
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "featviz", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen = bytearray()
+    started = threading.Event()
+
+    def read():
+        while chunk := os.read(proc.stderr.fileno(), 65536):
+            seen.extend(chunk)
+            if re.search(pattern, seen.decode("utf-8", "replace")):
+                started.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        while not started.wait(0.05):
+            assert proc.poll() is None, f"it ended before {pattern!r} showed: {seen.decode()[-2000:]}"
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=PROMPT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(10)
+    return rc, seen.decode("utf-8", "replace")
+
+
+def last_line(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr[-3000:]
+    return [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()][-1]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_render_and_keeps_its_image(tmp_path):
+    from featviz.imageio import read_settings
+
+    rc, err = interrupt_when(["render", "efficientnet_lite0", "blocks.8:1", "-o", "out.png", "--size", 32,
+                              "--steps", 100_000], r"\| *[1-9]\d*/100000", tmp_path)
+    assert rc == 130, err[-2000:]
+    assert last_line(err).startswith("interrupted after") and "saving the last image" in last_line(err)
+    assert 1 <= read_settings(tmp_path / "out.png")["steps_done"] < 100_000
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_report_at_once(tmp_path):
+    rc, err = interrupt_when(["report", "logits", "efficientnet_lite0", "--judge", "efficientnet_lite0",
+                              "--classes", 1, "--size", 32, "--steps", 100_000, "-o", "report"],
+                             r"rendering logit:1", tmp_path)
+    assert rc == 130, err[-2000:]
+    assert last_line(err) == "featviz: interrupted"
+    assert "rendering prob:1" not in err  # it did not go on to the next render
+    assert not (tmp_path / "report" / "report.md").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_microscope_build_and_a_rerun_resumes(tmp_path, run):
+    import re
+
+    args = ["microscope", "build", "efficientnet_lite0", "--layers", "blocks.2", "--units", 4, "--batch-size", 2,
+            "--steps", 8, "--size", 32, "--classes", 1, "--examples", 2, "-o", "site"]
+    rc, err = interrupt_when(args, r"channel of units 0,1 \(batch 1/2\) in", tmp_path)
+    assert rc == 130, err[-2000:]
+    assert last_line(err).startswith("interrupted: what is done is kept in site")
+    os.chdir(tmp_path)
+    result = run(*args, "--quiet")
+    assert result.exit_code == 0, result.output
+    made = dict((k, int(v)) for k, v in re.findall(r"(\w+) (\d+)", result.output.split("made ")[1].split(";")[0]))
+    assert made.get("channel", 0) < 4  # the batch done before Ctrl-C was kept, not rendered again
+    assert (tmp_path / "site" / "efficientnet_lite0" / "blocks.2" / "3" / "index.html").is_file()

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..optvis import render, render_units
+from ..optvis.render import finished
 from ..optvis.objectives import Objective, Unit, _spatial, deepdream, logit
 from .settings import BuildSettings
 
@@ -28,8 +29,7 @@ MAX_DIVERSITY_CHANNELS = 512  # wider layers measure diversity on an earlier lay
 
 
 def _check(result) -> None:
-    if result.interrupted:
-        raise KeyboardInterrupt
+    finished(result)
 
 
 def render_kind(model, kind: str, units: Sequence[tuple[str, int]], s: BuildSettings, seed: int,
