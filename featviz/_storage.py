@@ -82,11 +82,25 @@ def transaction(con: sqlite3.Connection):
     con.execute("BEGIN IMMEDIATE")
     try:
         yield con
-    except BaseException:
-        con.execute("ROLLBACK")
+    except BaseException as exc:
+        # SQLite has already rolled back after some errors (a full disk among them): a second
+        # ROLLBACK would fail with "cannot rollback" and hide the real cause.
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.OperationalError) and _disk_full(exc):
+            raise FeatvizError(f"cannot save: {exc}; free some space and run the same command again "
+                               "(what was saved before is kept)") from None
         raise
     else:
         con.execute("COMMIT")
+
+
+def _disk_full(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    return code == SQLITE_FULL if code is not None else "disk is full" in str(exc)
+
+
+SQLITE_FULL = 13  # sqlite3.SQLITE_FULL from Python 3.11
 
 
 class Database:

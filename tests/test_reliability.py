@@ -357,3 +357,19 @@ def test_ctrl_c_stops_a_microscope_build_and_a_rerun_resumes(tmp_path, run):
     made = dict((k, int(v)) for k, v in re.findall(r"(\w+) (\d+)", result.output.split("made ")[1].split(";")[0]))
     assert made.get("channel", 0) < 4  # the batch done before Ctrl-C was kept, not rendered again
     assert (tmp_path / "site" / "efficientnet_lite0" / "blocks.2" / "3" / "index.html").is_file()
+
+
+def test_a_full_disk_is_named_not_hidden_by_a_failed_rollback(tmp_path):
+    from featviz._storage import connect, transaction
+
+    con = connect(tmp_path / "db.sqlite")
+    con.execute("CREATE TABLE t(a)")
+    with transaction(con):
+        con.execute("INSERT INTO t VALUES (?)", (b"kept" * 1000,))
+    con.execute("PRAGMA max_page_count=8")  # the database may not grow: what a full disk does
+    with pytest.raises(FeatvizError, match="database or disk is full; free some space"):
+        with transaction(con):
+            for _ in range(100):
+                con.execute("INSERT INTO t VALUES (?)", (b"y" * 10_000,))
+    assert con.execute("SELECT count(*) FROM t").fetchone()[0] == 1
+    con.close()
