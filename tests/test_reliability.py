@@ -183,6 +183,9 @@ def test_a_failed_write_leaves_the_old_file(tmp_path):
     (("examples", "efficientnet_lite0", "--workers", "-1", "-o", "store"), "--workers"),
     (("serve", "site", "--workers", "-1"), "--workers"),
     (("report", "logits", "efficientnet_lite0", "-o", "a_file/report"), "a_file is a file, not a folder"),
+    (("microscope", "build", "efficientnet_lite0", "-o", "a_file/site"), "a_file is a file, not a folder"),
+    (("microscope", "build", "efficientnet_lite0", "-o", "/proc/site"), "cannot create the folder /proc/site"),
+    (("microscope", "build", "efficientnet_lite0", "-o", ""), "output path is empty"),
 ])
 def test_bad_option_values_are_one_line(run, tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
@@ -373,3 +376,16 @@ def test_a_full_disk_is_named_not_hidden_by_a_failed_rollback(tmp_path):
                 con.execute("INSERT INTO t VALUES (?)", (b"y" * 10_000,))
     assert con.execute("SELECT count(*) FROM t").fetchone()[0] == 1
     con.close()
+
+
+def test_a_second_build_into_a_locked_site_is_refused(tmp_path, tiny):
+    from conftest import empty_site
+    from featviz._storage import FolderLock
+    from featviz.microscope import build
+
+    site = empty_site(tmp_path / "site", tiny)
+    with FolderLock(site, "held by the test"):  # what a running build holds
+        before = sorted(p.name for p in site.iterdir())
+        with pytest.raises(FeatvizError, match="being built by another process"):
+            build(tiny, site, units=2, steps=1, size=32)
+    assert sorted(p.name for p in site.iterdir()) == before

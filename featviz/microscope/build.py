@@ -29,7 +29,7 @@ import torch
 from .._storage import LOCK, FolderLock
 from ..engine import Job, LocalEngine
 from ..errors import FeatvizError
-from ..imageio import atomic_write, save_png, to_pil
+from ..imageio import atomic_write, output_folder, save_png, to_pil
 from . import classes as cls
 from . import visuals
 from .manifest import Manifest, Panel
@@ -129,7 +129,7 @@ def build(model="efficientnet_lite0", out: str | os.PathLike = "microscope", dat
         raise FeatvizError(f"layers {layers} map to the same folder names {dirs}")
     plan = {layer: choose_units(model, layer, s) for layer in layers}
     class_list = choose_classes(model, s)
-    site.mkdir(parents=True, exist_ok=True)
+    output_folder(site)  # or one line: a file in the way, no permission, a read-only disk
     lock = FolderLock(site, f"the site {site} is being built by another process")
     try:
         with Manifest(site) as man:
