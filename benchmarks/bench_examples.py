@@ -30,8 +30,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from featviz.examples import collect, list_images  # noqa: E402
-from featviz.examples.stream import _batches, _prefetch  # noqa: E402
+from featviz.examples import PassOptions, collect, list_images  # noqa: E402
+from featviz.examples.stream import group_batches, prefetch_batches  # noqa: E402
 from featviz.examples.topk import unit_stats  # noqa: E402
 from featviz.models import load  # noqa: E402
 
@@ -55,7 +55,7 @@ def bare_pass(model, folder: Path, layers, batch_size: int, workers: int, keep: 
     size = model.input_size
     kept = {name: [] for name in layers}
     t0 = time.perf_counter()
-    for batch_ids, items in _prefetch(_batches(ids, batch_size), files, folder, model, size, workers):
+    for batch_ids, items in prefetch_batches(group_batches(ids, batch_size), files, folder, model, size, workers):
         x = torch.zeros(batch_size, 3, size, size)
         for i, (tensor, _) in zip(batch_ids, items):
             x[i % batch_size] = tensor
@@ -176,7 +176,7 @@ def main():
         bare.append(n / seconds)
         t0 = time.perf_counter()
         store = collect(model, small, layers, k=args.k, store=tmp / f"store{r}", batch_size=args.batch_size,
-                        workers=args.workers)
+                        options=PassOptions(workers=args.workers))
         totals.append(time.perf_counter() - t0)
         t = store.run["timings"]
         examples.append(t["pass_images"] / t["pass_s"])

@@ -118,7 +118,7 @@ def main():
 
     # -- server -----------------------------------------------------------------------------------------
     from featviz.microscope import build
-    from featviz.microscope.server import serve_in_background
+    from featviz.server import serve_in_background
 
     site = Path(tempfile.mkdtemp(prefix="bench-microscope-serve-"))
     layer = layers[0]

@@ -52,6 +52,12 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     return img
 
 
+# 32-bit integer, float and 16-bit grey images: converting them to 8-bit RGB clips their values, so a
+# model would see a white or black frame instead of the photo. One rule for every command that reads a photo
+# (render's dream, attribute, blocks); the dataset-examples reader scales them to 8 bits before this check.
+UNSUPPORTED_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
+
+
 def load_image(source) -> Image.Image:
     """Open a path or PIL image as RGB; any failure is an ``ImageReadError`` (see ``open_image``)."""
     if isinstance(source, Image.Image):
@@ -63,6 +69,10 @@ def load_image(source) -> Image.Image:
             img.load()
         except (OSError, SyntaxError, ValueError, MemoryError) as exc:
             raise ImageReadError(f"cannot read image {path}: {exc}") from None
+    if img.mode in UNSUPPORTED_MODES:
+        name = "the image" if isinstance(source, Image.Image) else str(source)
+        raise ImageReadError(f"unsupported image mode {img.mode!r} in {name}: featviz reads 8-bit photos "
+                             f"(RGB, grey, palette, CMYK); convert it to 8-bit RGB first")
     if img.mode in ("RGBA", "LA", "P", "PA"):
         # Composite transparency on white rather than on the undefined RGB under alpha.
         img = img.convert("RGBA")
@@ -263,19 +273,53 @@ def _write_through(path, write) -> None:
             os.unlink(tmp)
 
 
-def save_png(image, path, settings: dict[str, Any] | None = None) -> Path:
-    """Save a PNG with ``settings`` as JSON in its metadata (key 'featviz')."""
+# What featviz writes, by file extension; every one keeps the settings (PNG in a text chunk, the
+# others in the EXIF ImageDescription tag). No extension means PNG.
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
+_EXIF_DESCRIPTION = 0x010E
+
+
+def image_format(path) -> str:
+    """The PIL format a file name asks for, or one line refusing an extension featviz does not write."""
+    suffix = Path(path).suffix.lower()
+    if not suffix:
+        return "PNG"
+    if suffix not in IMAGE_FORMATS:
+        raise FeatvizError(f"cannot write {suffix!r} images ({path}): featviz writes "
+                           f"{', '.join(IMAGE_FORMATS)} (each keeps the settings the image was made with)")
+    return IMAGE_FORMATS[suffix]
+
+
+def save_image(image, path, settings: dict[str, Any] | None = None) -> Path:
+    """Save an image in the format its extension names (``IMAGE_FORMATS``), with ``settings`` as JSON in its
+    metadata (PNG: text chunk 'featviz'; JPEG, WebP, TIFF: EXIF ImageDescription)."""
     img = image if isinstance(image, Image.Image) else to_pil(image)
-    info = PngImagePlugin.PngInfo()
-    if settings is not None:
-        info.add_text(SETTINGS_KEY, json.dumps(settings, sort_keys=True, default=str))
-    return atomic_write(path, lambda tmp: img.save(tmp, format="PNG", pnginfo=info))
+    fmt = image_format(path)
+    text = json.dumps(settings, sort_keys=True, default=str) if settings is not None else None
+    if fmt == "PNG":
+        info = PngImagePlugin.PngInfo()
+        if text is not None:
+            info.add_text(SETTINGS_KEY, text)
+        return atomic_write(path, lambda tmp: img.save(tmp, format="PNG", pnginfo=info))
+    if fmt == "JPEG" and img.mode != "RGB":  # JPEG has no alpha: composite on white, as photos are read
+        img = load_image(img)
+    exif = Image.Exif()
+    if text is not None:
+        exif[_EXIF_DESCRIPTION] = text
+    return atomic_write(path, lambda tmp: img.save(tmp, format=fmt, exif=exif))
+
+
+def save_png(image, path, settings: dict[str, Any] | None = None) -> Path:
+    """Save with ``settings`` in the metadata: PNG, or the format the extension names (see ``save_image``)."""
+    return save_image(image, path, settings)
 
 
 def read_settings(path) -> dict[str, Any] | None:
-    """The settings a featviz PNG was made with, or None."""
+    """The settings a featviz image was made with, or None."""
     with Image.open(path) as img:
         text = img.text.get(SETTINGS_KEY) if hasattr(img, "text") else None
+        if text is None and img.format != "PNG":
+            text = img.getexif().get(_EXIF_DESCRIPTION)
     return json.loads(text) if text else None
 
 

@@ -9,7 +9,7 @@ from PIL import Image
 pytest.importorskip("captum")
 skdata = pytest.importorskip("skimage.data")
 
-from featviz.attribution import (attribute, blocks_sheet, quadrant_canvas, quadrant_share,  # noqa: E402
+from featviz.attribution import (Thumbnails, attribute, blocks_sheet, quadrant_canvas, quadrant_share,  # noqa: E402
                                  randomized_copy, resolve_target, spearman)
 
 pytestmark = pytest.mark.slow  # the lite0 fixture (session-wide EfficientNet-Lite0) comes from conftest.py
@@ -88,7 +88,7 @@ def test_blocks_sheet_with_engine_thumbnails(lite0, cat):
     from featviz.attribution.blocks import render_layer
 
     assert render_layer(lite0, "head") == "head.bn" and render_layer(lite0, "blocks.12") == "blocks.12"
-    sheet, ca = blocks_sheet(lite0, cat, "head", top=2, thumb_steps=4, thumb_size=48, tile=64)
+    sheet, ca = blocks_sheet(lite0, cat, "head", top=2, thumbnails=Thumbnails(steps=4, size=48), tile=64)
     assert ca.settings["thumbnails"]["layer"] == "head.bn"
     assert float(ca.scores.sum()) == pytest.approx(ca.value - float(lite0.network.classifier.bias[
         int(ca.target.split()[-1])]), rel=1e-3)

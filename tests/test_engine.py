@@ -57,7 +57,7 @@ def test_a_shard_cannot_be_split_again(tiny, tmp_path):
 
 def test_sharded_collect_over_an_engine_equals_one_pass(tiny, tmp_path):
     """The sharding and merging of the Ray path, run by a local engine that claims several workers."""
-    from featviz.examples import collect
+    from featviz.examples import PassOptions, collect
 
     class TwoWorkers(LocalEngine):
         distributed = True
@@ -67,12 +67,12 @@ def test_sharded_collect_over_an_engine_equals_one_pass(tiny, tmp_path):
     whole = collect(tiny, None, ["conv2", "conv3"], 3, store=tmp_path / "whole", batch_size=4)
     messages = []
     split = collect(tiny, None, ["conv2", "conv3"], 3, store=tmp_path / "split", batch_size=4,
-                    engine=TwoWorkers(), log=messages.append)
+                    engine=TwoWorkers(), options=PassOptions(log=messages.append))
     assert any("3 shards" in m for m in messages)
     assert split.digest() == whole.digest()
     assert split.settings == whole.settings
     assert not (tmp_path / ".split.shards").exists()  # staging removed once merged
     again = collect(tiny, None, ["conv2", "conv3"], 3, store=tmp_path / "split", batch_size=4,
-                    engine=TwoWorkers(), log=messages.append)
+                    engine=TwoWorkers(), options=PassOptions(log=messages.append))
     assert "already complete" in messages[-1]
     assert again.digest() == whole.digest()

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from PIL import Image
 from torch import nn
 
 from featviz.errors import FeatvizError, UnknownLayerError
-from featviz.examples import collect, list_images, merge, open_store, receptive_field
+from featviz.examples import PassOptions, collect, list_images, merge, open_store, receptive_field
 from featviz.examples.topk import EMPTY, Ranking
 from featviz.models import from_module
 
@@ -102,9 +101,13 @@ def reference(model, photo_dir, tmp_path_factory):
     return store
 
 
+PASS_OPTIONS = ("workers", "checkpoint_every", "checkpoint_batches", "progress", "log")
+
+
 def run(model, photo_dir, out, **kw):
+    options = PassOptions(**{key: kw.pop(key) for key in PASS_OPTIONS if key in kw})
     kw = {"k": 4, "bottom": 3, "batch_size": 4, **kw}
-    return collect(model, photo_dir, LAYERS, store=out, **kw)
+    return collect(model, photo_dir, LAYERS, store=out, options=options, **kw)
 
 
 # -- exactness ------------------------------------------------------------------------------------------
@@ -254,20 +257,25 @@ KILL_SCRIPT = """
 import sys, time
 sys.path.insert(0, {tests!r})
 from test_examples import tiny_model, LAYERS
-from featviz.examples import collect, store as store_mod
+from featviz.examples import PassOptions, collect, store as store_mod
 from featviz.examples import stream as mod
-real = store_mod.ExampleStore._save_checkpoint
+real = store_mod.ExampleStore.save_checkpoint
+saves = [0]
 def save(self, *a, **k):
+    saves[0] += 1
+    if saves[0] == 4:  # the 4th batch is done in memory, its checkpoint not written: wait here to be killed
+        print("holding", flush=True)
+        time.sleep(600)
     real(self, *a, **k)
     print("checkpoint", flush=True)
-store_mod.ExampleStore._save_checkpoint = save
+store_mod.ExampleStore.save_checkpoint = save
 real_decode = mod._decode
 def slow(*a):
     time.sleep(0.02)
     return real_decode(*a)
 mod._decode = slow
-collect(tiny_model(), {photo_dir!r}, LAYERS, k=4, bottom=3, store={out!r}, batch_size=4, checkpoint_batches=1,
-        workers=1)
+collect(tiny_model(), {photo_dir!r}, LAYERS, k=4, bottom=3, store={out!r}, batch_size=4,
+        options=PassOptions(checkpoint_batches=1, workers=1))
 print("done", flush=True)
 """
 
@@ -278,14 +286,10 @@ def test_resume_after_sigkill_equals_uninterrupted_run(photo_dir, reference, tmp
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
-    seen = 0
     for line in proc.stdout:
-        if line.startswith("checkpoint"):
-            seen += 1
-            if seen == 3:
-                time.sleep(0.03)  # somewhere inside the next batch
-                proc.send_signal(signal.SIGKILL)
-                break
+        if line.startswith("holding"):  # after 3 checkpoints, inside the next batch (an event, not a sleep)
+            proc.send_signal(signal.SIGKILL)
+            break
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
     st = open_store(out)

@@ -54,7 +54,7 @@ def browser():
         b.close()
 
 
-def wait_js(page, expression: str, timeout: float = 10.0) -> None:
+def wait_js(page, expression: str, timeout: float = 60.0) -> None:
     """Poll a JavaScript expression from Python (the server's Content-Security-Policy forbids the
     in-page eval that Playwright's wait_for_function uses, as it should)."""
     t = time.monotonic()
@@ -146,7 +146,7 @@ def test_navigate_a_static_site_from_file_urls(site, browser, shots, tmp_path):
 def server(site):
     pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip install 'featviz[serve]'")
     pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'featviz[serve]'")
-    from featviz.microscope.server import serve_in_background
+    from featviz.server import serve_in_background
 
     with serve_in_background(site, tiny_model()) as running:
         yield running.url

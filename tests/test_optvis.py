@@ -189,7 +189,7 @@ def test_alpha_and_diversity(tiny):
 
 def test_init_image_and_snapshots(tiny, tmp_path):
     photo = torch.rand(3, 32, 32)
-    r = render(tiny, "dream:conv2", size=32, steps=6, init_image=photo, param="pixel", lr=0.01, snapshot_every=2)
+    r = render(tiny, "dream:conv2", size=32, steps=6, init_image=photo, param="pixel", lr=0.01, snapshots=2)
     assert sorted(r.snapshots) == [2, 4, 6]
     assert (r.images[0] - photo).abs().mean() < 0.1  # still close to the photo
     path = r.save(tmp_path / "x.png")

@@ -138,12 +138,12 @@ def test_worker_killed_mid_task_is_retried_and_the_site_is_complete(lite0, engin
 
 
 def test_examples_on_ray_equal_local(lite0, engine, one_thread, tmp_path):
-    from featviz.examples import collect
+    from featviz.examples import PassOptions, collect
 
     local = collect(lite0, None, ["blocks.2", "blocks.8"], 3, store=tmp_path / "local", batch_size=4)
     logs = []
     remote = collect(lite0, None, ["blocks.2", "blocks.8"], 3, store=tmp_path / "ray", batch_size=4,
-                     engine=engine, log=logs.append)
+                     engine=engine, options=PassOptions(log=logs.append))
     assert any("2 shards" in m for m in logs)
     assert remote.settings == local.settings
     assert remote.digest() == local.digest()

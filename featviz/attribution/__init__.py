@@ -21,7 +21,7 @@ guided Grad-CAM with ReLU6 support), ``blocks`` (channel attribution),
 from __future__ import annotations
 
 from ._captum import INSTALL_HINT, has_captum, require_captum
-from .blocks import ChannelAttribution, blocks_sheet, channel_attribution, render_thumbnails
+from .blocks import ChannelAttribution, Thumbnails, blocks_sheet, channel_attribution, render_thumbnails
 from .checks import quadrant_canvas, quadrant_share, randomized_copy, spearman
 from .display import COLORMAPS, apply_colormap, colormap, heat_image, normalize_heat, overlay
 from .methods import (METHODS, Attribution, ObjectiveForward, attribute, attribute_all, default_cam_layer,
@@ -29,7 +29,7 @@ from .methods import (METHODS, Attribution, ObjectiveForward, attribute, attribu
 
 __all__ = [
     "METHODS", "Attribution", "attribute", "attribute_all", "panel", "resolve_target", "default_cam_layer",
-    "guided_backprop", "ObjectiveForward", "ChannelAttribution", "channel_attribution", "blocks_sheet",
+    "guided_backprop", "ObjectiveForward", "ChannelAttribution", "Thumbnails", "channel_attribution", "blocks_sheet",
     "render_thumbnails", "overlay", "heat_image", "normalize_heat", "apply_colormap", "colormap", "COLORMAPS",
     "quadrant_canvas", "quadrant_share", "randomized_copy", "spearman", "has_captum", "require_captum",
     "INSTALL_HINT",

@@ -31,8 +31,7 @@ from PIL import Image, ImageDraw
 from ..errors import FeatvizError
 from ..models.organism import ModelOrganism
 from . import display
-from ._captum import require_captum
-from .methods import ObjectiveForward, _label_of, as_batch, check_cam_layer, is_rectifier, resolve_target
+from .methods import as_batch, class_label, check_cam_layer, is_rectifier, resolve_target
 
 
 @dataclass
@@ -51,6 +50,7 @@ class ChannelAttribution:
     image: torch.Tensor
     value: float
     settings: dict[str, Any] = field(default_factory=dict)
+    class_index: int | None = None  # the class the target scores, if it is about one class (Objective.class_index)
 
     def top(self, k: int = 6, negative: bool = False) -> list[int]:
         """Indices of the ``k`` channels with the largest (or most negative) scores."""
@@ -88,7 +88,6 @@ def _upsampled_unit(m: torch.Tensor, size) -> np.ndarray:
 def channel_attribution(model: ModelOrganism, photo, layer: str, target=None,
                         size: int | None = None) -> ChannelAttribution:
     """Score every channel of ``layer`` by activation x gradient for ``target`` (default: predicted class)."""
-    attr = require_captum()
     x = as_batch(model, photo, size)
     obj = resolve_target(model, target, x)
     info = model.layer(layer)
@@ -97,20 +96,18 @@ def channel_attribution(model: ModelOrganism, photo, layer: str, target=None,
                            f"map on the photo; pick a convolutional layer such as "
                            f"{[i.name for i in model.layers() if i.spatial][-1]}")
     check_cam_layer(model, layer, obj, what="layer")
-    fwd = ObjectiveForward(model, obj)
     t0 = time.perf_counter()
-    xg = x.clone().requires_grad_(True)
-    prod = attr.LayerGradientXActivation(fwd, model.module(layer)).attribute(xg)
-    if isinstance(prod, (tuple, list)):
-        prod = prod[0]
-    prod = prod.detach()[0].float().cpu()  # (C, h, w)
-    with torch.no_grad():
-        value = float(fwd(x)[0])
+    # On the activations as the organism hands them out (a ViT block's patch tokens on their grid,
+    # a channels-last map permuted), not on the module's raw output as Captum's layer methods would.
+    acts, grads, values = model.layer_gradient(x.clone().requires_grad_(True), layer, obj)
+    prod = (acts * grads)[0].float().cpu()  # (C, h, w)
+    value = float(values[0])
     settings = {"kind": "blocks", "model": model.name, "layer": layer, "target": obj.description,
                 "rule": "activation x gradient summed over space", "seconds": round(time.perf_counter() - t0, 3)}
     if isinstance(photo, (str, bytes)) or hasattr(photo, "__fspath__"):
         settings["photo"] = str(photo)
-    return ChannelAttribution(layer, obj.description, prod.sum((1, 2)), prod, x[0].detach().cpu(), value, settings)
+    return ChannelAttribution(layer, obj.description, prod.sum((1, 2)), prod, x[0].detach().cpu(), value, settings,
+                              obj.class_index)
 
 
 # -- the sheet -------------------------------------------------------------------------------
@@ -157,32 +154,43 @@ def render_thumbnails(model: ModelOrganism, layer: str, channels: Sequence[int],
     return [result.pil(i) for i in range(len(channels))]
 
 
+@dataclass(frozen=True)
+class Thumbnails:
+    """How ``blocks_sheet`` renders each top channel's feature visualization."""
+
+    steps: int = 64
+    size: int = 96
+    seed: int = 0
+
+
 def blocks_sheet(model: ModelOrganism, photo, layer: str, target=None, *, top: int = 6, size: int | None = None,
-                 thumbnails: bool | Renderer = True, thumb_steps: int = 64, thumb_size: int = 96, seed: int = 0,
-                 tile: int = 128, alpha: float = 0.75, cmap: str = "fire",
-                 attribution: ChannelAttribution | None = None) -> tuple[Image.Image, ChannelAttribution]:
+                 thumbnails: bool | Thumbnails | Renderer = True, tile: int = 128, alpha: float = 0.75,
+                 cmap: str = "fire", attribution: ChannelAttribution | None = None
+                 ) -> tuple[Image.Image, ChannelAttribution]:
     """The Building Blocks sheet for ``photo`` and ``target`` at ``layer``; returns (sheet, attribution).
 
-    ``thumbnails``: True renders each top channel with the engine
-    (``thumb_steps`` steps at ``thumb_size`` px); False leaves that row out; a
-    callable ``(model, layer, channels) -> [PIL images]`` supplies them.
+    ``thumbnails``: True renders each top channel with the engine at the
+    ``Thumbnails()`` defaults, a ``Thumbnails`` value with its settings; False
+    leaves that row out; a callable ``(model, layer, channels) -> [PIL images]``
+    supplies them.
     """
     ca = attribution or channel_attribution(model, photo, layer, target, size)
     chans = ca.top(top)
     if not chans:
         raise FeatvizError("top must be at least 1")
     thumbs: list[Image.Image] | None = None
-    if thumbnails:
-        t0 = time.perf_counter()
-        make = thumbnails if callable(thumbnails) else (
-            lambda m, l, c: render_thumbnails(m, l, c, size=thumb_size, steps=thumb_steps, seed=seed))
-        thumbs = list(make(model, layer, chans))
-        if callable(thumbnails):
-            ca.settings["thumbnails"] = "custom"
-        else:
-            ca.settings["thumbnails"] = {"layer": render_layer(model, layer), "steps": thumb_steps,
-                                         "size": thumb_size, "seed": seed,
-                                         "seconds": round(time.perf_counter() - t0, 1)}
+    if thumbnails is True:
+        thumbnails = Thumbnails()
+    if isinstance(thumbnails, Thumbnails):
+        started = time.perf_counter()
+        thumbs = render_thumbnails(model, layer, chans, size=thumbnails.size, steps=thumbnails.steps,
+                                   seed=thumbnails.seed)
+        ca.settings["thumbnails"] = {"layer": render_layer(model, layer), "steps": thumbnails.steps,
+                                     "size": thumbnails.size, "seed": thumbnails.seed,
+                                     "seconds": round(time.perf_counter() - started, 1)}
+    elif callable(thumbnails):
+        thumbs = list(thumbnails(model, layer, chans))
+        ca.settings["thumbnails"] = "custom"
     note = ""
     if isinstance(ca.settings.get("thumbnails"), dict) and ca.settings["thumbnails"]["layer"] != layer:
         note = f"at {ca.settings['thumbnails']['layer']}"
@@ -197,7 +205,7 @@ def _draw_sheet(model, ca: ChannelAttribution, chans, thumbs, tile, alpha, cmap,
     rows = 2 if thumbs is not None else 1
     cap = 2 * line + 4
     width = pad + cols * (tile + pad)
-    label = _label_of(model, ca.target)
+    label = class_label(model, ca.class_index)
     pred = model.predict(ca.image[None].to(model.device), 1)[0][0]
     title = (f"{model.name}, layer {ca.layer}: channels ranked by activation x gradient (summed over space) for "
              f"{ca.target}{label} = {ca.value:.2f}. Top-1 prediction: {pred[1]} ({pred[2]:.0%}).")

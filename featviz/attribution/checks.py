@@ -89,23 +89,15 @@ def quadrant_share(heat, quadrant: int) -> float:
 
 def spearman(a, b) -> float:
     """Spearman rank correlation of two maps (ties get their average rank); NaN if either is constant."""
-    x = _ranks(np.asarray(a, dtype=np.float64).ravel())
-    y = _ranks(np.asarray(b, dtype=np.float64).ravel())
+    from scipy.stats import spearmanr
+
+    x = np.asarray(a, dtype=np.float64).ravel()
+    y = np.asarray(b, dtype=np.float64).ravel()
     if x.size != y.size:
         raise FeatvizError(f"maps differ in size: {x.size} vs {y.size}")
-    x -= x.mean()
-    y -= y.mean()
-    denom = np.sqrt((x * x).sum() * (y * y).sum())
-    return float((x * y).sum() / denom) if denom > 0 else float("nan")
-
-
-def _ranks(v: np.ndarray) -> np.ndarray:
-    order = np.argsort(v, kind="mergesort")
-    ranks = np.empty(v.size, dtype=np.float64)
-    ranks[order] = np.arange(v.size, dtype=np.float64)
-    _, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)
-    sums = np.bincount(inverse, weights=ranks)
-    return (sums / counts)[inverse]
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(spearmanr(x, y).statistic)
 
 
 def later_modules(model: ModelOrganism, from_layer: str) -> list[str]:

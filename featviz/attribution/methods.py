@@ -51,7 +51,6 @@ from PIL import Image
 from torch import nn
 
 from ..errors import FeatvizError, ImageReadError
-from ..imageio import open_image
 from ..models.organism import ModelOrganism
 from ..optvis.objectives import Objective, logit, parse
 from . import display
@@ -143,6 +142,19 @@ class ObjectiveForward(nn.Module):
         return self.objective(acts, x.shape[0])
 
 
+def grad_cam(model: ModelOrganism, x: torch.Tensor, layer: str, objective) -> torch.Tensor:
+    """Grad-CAM map (B, 1, h, w) of ``objective`` at ``layer``: ReLU of the channels weighted by their mean gradient.
+
+    Computed on the layer's activations as the organism hands them out (Captum's
+    LayerGradCam hooks the module's raw output instead, which for a transformer is
+    (B, tokens, C) and for a channels-last block (B, H, W, C)): the same map for
+    convolutional layers, and the patch-token grid for a ViT block.
+    """
+    acts, grads, _ = model.layer_gradient(x, layer, objective)
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    return F.relu((weights * acts).sum(dim=1, keepdim=True))
+
+
 def _guided_backprop_class():
     attr = require_captum()
 
@@ -207,25 +219,7 @@ def as_batch(model: ModelOrganism, photo, size: int | None = None) -> torch.Tens
         if arr.ndim == 2:
             arr = np.repeat(arr[..., None], 3, axis=2)
         return as_batch(model, torch.from_numpy(np.ascontiguousarray(arr[..., :3].transpose(2, 0, 1))), size)
-    check_photo_mode(photo)
-    return model.preprocess(photo, size)[None].to(model.device)
-
-
-# 32-bit integer, float and 16-bit grey images: converting them to 8-bit RGB clips
-# their values, so the model would see a white or black frame instead of the photo.
-UNSUPPORTED_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
-
-
-def check_photo_mode(photo) -> None:
-    """Raise ``ImageReadError`` for image modes featviz cannot read as a photo (see UNSUPPORTED_MODES)."""
-    if isinstance(photo, Image.Image):
-        mode, name = photo.mode, "the image"
-    else:
-        with open_image(photo) as im:  # unreadable, a pipe or a bomb: one ImageReadError line
-            mode, name = im.mode, str(photo)
-    if mode in UNSUPPORTED_MODES:
-        raise ImageReadError(f"unsupported image mode {mode!r} in {name}: attribution reads 8-bit photos "
-                             f"(RGB, grey, palette, CMYK); convert it to 8-bit RGB first")
+    return model.preprocess(photo, size)[None].to(model.device)  # load_image refuses 16-bit and float photos
 
 
 # -- result --------------------------------------------------------------------------------
@@ -246,6 +240,7 @@ class Attribution:
     raw: torch.Tensor
     image: torch.Tensor
     settings: dict[str, Any] = field(default_factory=dict)
+    class_index: int | None = None  # the class the target scores, if it is about one class (Objective.class_index)
 
     def heatmap(self, percentile: float | None = None, smooth: float | None = None) -> np.ndarray:
         """The map scaled to [0, 1] for display (see ``display.normalize_heat``).
@@ -329,25 +324,25 @@ def attribute(model: ModelOrganism, photo, target=None, method: str = "gradcam",
                             convergence_delta=float(delta.abs().max()))
         elif method in ("gradcam", "guided-gradcam"):
             layer = check_cam_layer(model, layer or default_cam_layer(model, obj), obj)
-            module = model.module(layer)
+            cam = grad_cam(model, xg, layer, obj)
             if method == "gradcam":
-                cam = attr.LayerGradCam(fwd, module).attribute(xg, relu_attributions=True)
                 raw = cam
                 amap = attr.LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), "bilinear")[:, 0]
             else:
+                # Guided Grad-CAM (Selvaraju et al.): guided backprop times the upsampled Grad-CAM map.
                 _warn_if_no_rectifiers(model)
-                ggc = attr.GuidedGradCam(fwd, module)
-                ggc.guided_backprop = _guided_backprop_class()(fwd)
                 with warnings.catch_warnings():  # Captum's note about hooking ReLUs, on every call
                     warnings.filterwarnings("ignore", message="Setting backward hooks")
-                    raw = ggc.attribute(xg, interpolate_mode="bilinear")
+                    guided = _guided_backprop_class()(fwd).attribute(xg)
+                raw = guided * attr.LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), "bilinear")
                 amap = raw.abs().amax(1)
             settings["layer"] = layer
         else:  # pragma: no cover - canonical_method guards this
             raise AssertionError(method)
     settings["seconds"] = round(time.perf_counter() - t0, 3)
     amap = torch.nan_to_num(amap.detach()[0].float(), nan=0.0).clamp_min(0).cpu()
-    return Attribution(method, obj.description, amap, raw.detach()[0].cpu(), x[0].detach().cpu(), settings)
+    return Attribution(method, obj.description, amap, raw.detach()[0].cpu(), x[0].detach().cpu(), settings,
+                       obj.class_index)
 
 
 def canonical_method(method: str) -> str:
@@ -426,7 +421,7 @@ def panel(model: ModelOrganism, photo, target=None, methods: Sequence[str] = MET
         captions.append(f"{METHOD_TITLES.get(a.method, a.method)}{extra}")
     if title is None:
         preds = model.predict(image[None].to(model.device), 1)[0][0]
-        title = (f"{model.name} | target: {atts[0].target}{_label_of(model, atts[0].target)} | "
+        title = (f"{model.name} | target: {atts[0].target}{class_label(model, atts[0].class_index)} | "
                  f"top-1: {preds[1]} ({preds[2]:.0%})")
     return display.labeled_row(tiles, captions, title)
 
@@ -435,9 +430,8 @@ METHOD_TITLES = {"saliency": "saliency", "smoothgrad": "SmoothGrad", "ig": "inte
                  "gradcam": "Grad-CAM", "guided-gradcam": "guided Grad-CAM"}
 
 
-def _label_of(model: ModelOrganism, description: str) -> str:
-    """' (tabby cat)' for 'logit 281' / 'log-probability 281' descriptions, else ''."""
-    parts = description.split()
-    if len(parts) == 2 and parts[0] in ("logit", "log-probability") and parts[1].isdigit() and model.labels:
-        return f" ({model.label(int(parts[1]))})"
-    return ""
+def class_label(model: ModelOrganism, class_index: int | None) -> str:
+    """' (tabby cat)' for a class the model has a label for, else ''."""
+    if class_index is None or not model.labels:
+        return ""
+    return f" ({model.label(class_index)})"

@@ -23,8 +23,10 @@ def _model_and_photo(model: str, photo: str | None) -> tuple[str, str]:
     if photo is None:
         from pathlib import Path
 
-        from ..models import DEFAULT_MODEL
+        from ..models import DEFAULT_MODEL, is_model_reference
 
+        if is_model_reference(model):
+            raise click.UsageError("missing argument PHOTO")
         if Path(model).exists() or Path(model).suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif",
                                                                    ".tiff", ".gif"):
             return DEFAULT_MODEL, model
@@ -32,10 +34,10 @@ def _model_and_photo(model: str, photo: str | None) -> tuple[str, str]:
     return model, photo
 
 
-def _describe(organism, description: str) -> str:
-    from ..attribution.methods import _label_of
+def _describe(organism, objective) -> str:
+    from ..attribution.methods import class_label
 
-    return description + _label_of(organism, description)
+    return objective.description + class_label(organism, objective.class_index)
 
 
 @click.command("attribute")
@@ -88,7 +90,7 @@ def attribute_cmd(model, photo, target, method, layer, output, size, steps, inte
     x = as_batch(organism, photo, size)[0]
     _print_predictions(organism, x, top_k, output)
     objective = resolve_target(organism, target, x[None])
-    echo_for(output, f"target: {_describe(organism, objective.description)}")
+    echo_for(output, f"target: {_describe(organism, objective)}")
     atts = []
     for m in methods:
         a = attribute(organism, x, objective, m, layer=layer, steps=steps, internal_batch_size=internal_batch_size,
@@ -144,7 +146,7 @@ def blocks_cmd(model, photo, layer, class_index, target, output, top_n, no_thumb
     Channels are ranked by activation x gradient summed over space (exact at 'head' of EfficientNet-Lite).
     """
     from ..attribution import require_captum
-    from ..attribution.blocks import blocks_sheet, channel_attribution
+    from ..attribution.blocks import Thumbnails, blocks_sheet, channel_attribution
     from ..attribution.methods import as_batch, resolve_target
     from ..errors import FeatvizError
     from ..imageio import save_png
@@ -160,15 +162,15 @@ def blocks_cmd(model, photo, layer, class_index, target, output, top_n, no_thumb
     objective = resolve_target(organism, class_index if class_index is not None else target, x[None])
     ca = channel_attribution(organism, x, layer, objective)
     ca.settings["photo"] = str(photo)
-    echo_for(output, f"target: {_describe(organism, objective.description)} = {ca.value:.3f}; layer {layer}: "
+    echo_for(output, f"target: {_describe(organism, objective)} = {ca.value:.3f}; layer {layer}: "
                f"{ca.scores.numel()} channels, sum of scores {float(ca.scores.sum()):.3f}")
     echo_for(output, f"{'rank':>4} {'channel':>7} {'score':>8} {'share of +':>10}")
     for rank, ch, score, share in ca.table(top_n):
         echo_for(output, f"{rank:>4} {ch:>7} {score:>+8.3f} {share:>10.1%}")
     if not no_thumbnails:
         echo_for(output, f"rendering {top_n} feature visualizations ({thumb_steps} steps, {thumb_size} px)...")
-    sheet, ca = blocks_sheet(organism, x, layer, objective, top=top_n, thumbnails=not no_thumbnails,
-                             thumb_steps=thumb_steps, thumb_size=thumb_size, seed=seed, attribution=ca)
+    thumbnails = False if no_thumbnails else Thumbnails(steps=thumb_steps, size=thumb_size, seed=seed)
+    sheet, ca = blocks_sheet(organism, x, layer, objective, top=top_n, thumbnails=thumbnails, attribution=ca)
     path = save_png(sheet, output, dict(ca.settings, top=top_n))
     echo_for(output, f"wrote {path}")
 

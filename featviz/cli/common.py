@@ -18,41 +18,85 @@ class OutputPath(click.Path):
 
 # MODEL is required: an optional first argument would swallow the next one
 # (click fills arguments left to right). Only `featviz layers` defaults it.
-model_argument = click.argument("model", metavar="MODEL")
-optional_model_argument = click.argument("model", default=DEFAULT_MODEL, metavar="[MODEL]")
+# MODEL is a name (featviz models), a model spec file (my_net.toml) or torchvision:/timm:<arch>;
+# both decorators add --weights (below), which load_model reads.
+def model_argument(f):
+    return weights_option(click.argument("model", metavar="MODEL")(f))
+
+
+def optional_model_argument(f):
+    return weights_option(click.argument("model", default=DEFAULT_MODEL, metavar="[MODEL]")(f))
+
+
 device_option = click.option("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
 
+_WEIGHTS_KEY = "featviz.weights"
 
-def load_model(name: str, device: str | None = None):
-    """Load a model organism on the requested device (CUDA if present and not stated)."""
+
+def _remember_weights(ctx: click.Context, _param, value):
+    if value is not None:
+        ctx.meta[_WEIGHTS_KEY] = value
+    return value
+
+
+# Every command that takes MODEL takes --weights: load_model reads it from the click context, so a
+# command only adds the decorator. MODEL may also be a spec file (my_net.toml) naming its weights.
+weights_option = click.option(
+    "--weights", type=click.Path(dir_okay=False), default=None, expose_value=False, callback=_remember_weights,
+    is_eager=True, help="state dict (.pt/.pth/.safetensors) to load into MODEL: the short form of a model spec "
+                        "(a classifier of another size is resized to the checkpoint)")
+
+
+def load_model(name: str, device: str | None = None, weights: str | None = None):
+    """Load a model organism (name or spec file) on the requested device (CUDA if present and not
+    stated), with the command's --weights unless ``weights`` is given."""
     import torch
 
+    if weights is None:
+        ctx = click.get_current_context(silent=True)
+        weights = ctx.meta.get(_WEIGHTS_KEY) if ctx is not None else None
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return load(name, device=device)
+    return load(name, device=device, weights=weights)
 
 
-def parse_range(text: str) -> list[int]:
-    """'0-31' / '3,7,9' / '0-3,8' -> list of ints."""
-    out: list[int] = []
+def parse_range(text: str, limit: int | None = None, what: str = "index") -> list[int]:
+    """'0-31' / '3,7,9' / '0-3,8' -> list of ints, each checked against ``limit`` (exclusive) before any
+    range is expanded, so '0-999999999' costs nothing to refuse."""
+    bounds: list[tuple[int, int]] = []
     for part in text.split(","):
         part = part.strip()
         if not part:
             continue
-        a, sep, b = part.partition("-")
+        first, sep, last = part.partition("-")
         try:
-            if sep:
-                lo, hi = int(a), int(b)
-                if hi < lo:
-                    raise click.BadParameter(f"empty range {part!r}")
-                out.extend(range(lo, hi + 1))
-            else:
-                out.append(int(part))
+            low, high = (int(first), int(last)) if sep else (int(part), int(part))
         except ValueError:
             raise click.BadParameter(f"expected numbers like 0-31 or 3,7,9, got {part!r}") from None
-    if not out:
+        if high < low:
+            raise click.BadParameter(f"empty range {part!r}")
+        if limit is not None and high >= limit:
+            raise click.BadParameter(f"{what} {high} is out of range: valid are 0-{limit - 1}")
+        bounds.append((low, high))
+    if not bounds:
         raise click.BadParameter("no indices given")
-    return out
+    count = sum(high - low + 1 for low, high in bounds)
+    if count > MAX_INDICES:
+        raise click.BadParameter(f"{count} indices is too many (at most {MAX_INDICES})")
+    return [i for low, high in bounds for i in range(low, high + 1)]
+
+
+MAX_INDICES = 1_000_000  # more units or classes than any layer or model has
+
+
+def parse_indices(text: str, option: str, limit: int | None = None, what: str = "index") -> list[int]:
+    """``parse_range`` for an option, its complaint as one ``featviz: error`` line naming the option."""
+    from ..errors import FeatvizError
+
+    try:
+        return parse_range(text, limit, what)
+    except click.BadParameter as exc:
+        raise FeatvizError(f"{option}: {exc.message}") from None
 
 
 def engine_options(f):

@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from ..errors import FeatvizError
-from ..models import DEFAULT_MODEL, available
-from .common import OutputPath, device_option, engine_options, load_model, make_engine, model_argument
+from ..models import DEFAULT_MODEL, is_model_reference
+from .common import OutputPath, device_option, engine_options, load_model, make_engine, model_argument, weights_option
 
 
 def _unit(spec: str) -> tuple[str, int]:
@@ -48,23 +48,19 @@ def examples_cmd(model, data_dir, layers, top, bottom, out, batch_size, size, sh
     Without DATA_DIR, the photos that ship with scikit-image. Interrupted runs (Ctrl-C, kill)
     continue where their last checkpoint left off when the same command is run again.
     """
-    from ..examples import collect
+    from ..examples import PassOptions, collect
 
-    if data_dir is None and model not in available() and (Path(model).exists() or "/" in model.split(":")[0]):
+    if data_dir is None and not is_model_reference(model) and (Path(model).exists() or "/" in model.split(":")[0]):
         model, data_dir = DEFAULT_MODEL, Path(model)  # `featviz examples PHOTOS --out ...`
-    if top < 1:
-        raise FeatvizError(f"--top must be at least 1, got {top}")
-    if bottom < 0:
-        raise FeatvizError(f"--bottom cannot be negative, got {bottom}")
     organism = load_model(model, device)
     if data_dir is None:
         click.echo("no DATA_DIR given: using the scikit-image demo photos", err=True)
-    log = (lambda msg: click.echo(msg, err=True))
+    options = PassOptions(workers=workers, checkpoint_every=checkpoint_every, progress=not quiet,
+                          log=lambda msg: click.echo(msg, err=True))
     try:
         with make_engine(engine, address) as runner:
             store = collect(organism, data_dir, layers, top, bottom=bottom, store=out, batch_size=batch_size,
-                            size=size, shard=shard, overwrite=overwrite, workers=workers,
-                            checkpoint_every=checkpoint_every, progress=not quiet, log=log, engine=runner)
+                            size=size, shard=shard, overwrite=overwrite, engine=runner, options=options)
     except KeyboardInterrupt:
         click.echo(f"interrupted: progress is saved in {out}; run the same command again to continue", err=True)
         sys.exit(130)
@@ -134,6 +130,7 @@ def examples_show_cmd(store, unit, out, k):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-vis", is_flag=True, help="examples only, no optimized visualization")
 @device_option
+@weights_option
 def compare_cmd(model, unit, store_path, out, k, size, steps, recipe, seed, no_vis, device):
     """Side by side: the optimized visualization of LAYER:UNIT (e.g. blocks.8:12) next to its
     top and bottom dataset examples from STORE. MODEL defaults to the store's model."""

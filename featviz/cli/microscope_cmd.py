@@ -7,11 +7,12 @@ from pathlib import Path
 import click
 
 from ..errors import FeatvizError
-from .common import OutputPath, device_option, engine_options, load_model, make_engine, model_argument, parse_range
+from .common import OutputPath, device_option, engine_options, load_model, make_engine, model_argument, parse_indices
 
 
-def _units(text: str | None):
-    """'8' -> the first 8 units; '0-31' / '3,7,9' -> those units; 'all' -> every unit."""
+def _units(text: str | None, organism):
+    """'8' -> the first 8 units; '0-31' / '3,7,9' -> those units; 'all' -> every unit.
+    Listed units are checked against the widest layer before the list is made (each layer checks its own)."""
     if text is None:
         return None
     text = text.strip()
@@ -19,7 +20,8 @@ def _units(text: str | None):
         return "all"
     if text.isdigit():
         return int(text)
-    return tuple(parse_range(text))
+    widest = max(info.channels for info in organism.layers(all_modules=True))
+    return tuple(parse_indices(text, "--units", widest, "unit"))
 
 
 @click.group("microscope")
@@ -59,8 +61,10 @@ def build_cmd(model, data_dir, layers, units, out, steps, size, quick, batch_siz
     from ..microscope import build
 
     organism = load_model(model, device)
-    overrides = dict(layers=layers, units=_units(units), steps=steps, size=size, batch_size=batch_size, k=k,
-                     seed=seed, classes=tuple(parse_range(classes)) if classes else None)
+    overrides = dict(layers=layers, units=_units(units, organism), steps=steps, size=size, batch_size=batch_size,
+                     k=k, seed=seed,
+                     classes=tuple(parse_indices(classes, "--classes", organism.num_classes, "class"))
+                     if classes else None)
     log = None if quiet else (lambda msg: click.echo(msg, err=True))
     if data_dir is None and not quiet:
         click.echo("no --data given: using the embedded demo photos", err=True)
@@ -79,6 +83,9 @@ def _serve_options(f):
         click.option("--model", default=None, help="model for on-demand renders (default: the site's, by name)"),
         click.option("--host", default="127.0.0.1", show_default=True,
                      help="address to bind (loopback by default; anything else exposes the renderer)"),
+        click.option("--allow-host", "names", multiple=True, metavar="NAME",
+                     help="a host name the server is reached by (IP addresses and localhost always are; "
+                          "other names are refused, against DNS rebinding)"),
         click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True),
         click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
                      help="renders at once"),
@@ -96,17 +103,18 @@ def _serve_options(f):
     return f
 
 
-def _serve(site, model, host, port, workers, max_queue, per_client, max_steps, max_size, job_timeout):
-    from ..microscope.server import is_loopback, serve
+def _serve(site, model, host, names, port, workers, max_queue, per_client, max_steps, max_size, job_timeout):
+    from ..server import Limits, is_loopback, serve
 
     if not Path(site, "manifest.sqlite").is_file():
         raise FeatvizError(f"{site} is not a microscope site; make one with 'featviz microscope build'")
+    limits = Limits(workers=workers, max_queue=max_queue, per_client=per_client, max_steps=max_steps,
+                    max_size=max_size, job_timeout=job_timeout)  # checked here, before anything starts
     if not is_loopback(host):
         click.echo(f"warning: binding to {host} lets other machines use this renderer", err=True)
     click.echo(f"serving {site} at http://{host if ':' not in host else '[' + host + ']'}:{port}/  (Ctrl-C stops)",
                err=True)
-    serve(site, model, host=host, port=port, workers=workers, max_queue=max_queue, per_client=per_client,
-          max_steps=max_steps, max_size=max_size, job_timeout=job_timeout)
+    serve(site, model, host=host, port=port, limits=limits, served_names=names)
 
 
 @click.command("serve")

@@ -7,11 +7,12 @@ from pathlib import Path
 import click
 
 from ..errors import FeatvizError
-from ..imageio import grid, save_png, writes_to_stdout
+from ..imageio import grid, image_format, save_image, writes_to_stdout
 from ..optvis import RECIPES, render, render_units
 from ..optvis.render import auto_recipe
 from ..optvis.objectives import parse
-from .common import OutputPath, check_outputs, device_option, echo_for, load_model, model_argument, parse_range
+from .common import (OutputPath, check_outputs, device_option, echo_for, load_model, model_argument,
+                     parse_indices)
 
 
 def recipe_options(f):
@@ -57,7 +58,8 @@ def _finish(result, out: Path, gif: Path | None = None) -> None:
 @click.command("render")
 @model_argument
 @click.argument("target")
-@click.option("-o", "--out", type=OutputPath(dir_okay=False, path_type=Path), required=True, help="output PNG")
+@click.option("-o", "--out", type=OutputPath(dir_okay=False, path_type=Path), required=True,
+              help="output image: .png (or .jpg, .webp, .tif), with the settings in its metadata")
 @click.option("--batch", type=click.IntRange(1, 4096), default=1, show_default=True,
               help="images in one optimization (a contact sheet is written when > 1)")
 @click.option("--diversity", type=float, default=0.0, help="weight of a diversity term across the batch")
@@ -69,6 +71,7 @@ def render_cmd(model, target, out, batch, diversity, alpha, gif, recipe, steps, 
                device):
     """Render what TARGET looks for, e.g. blocks.8:12, logit:309, prob:309, dream:blocks.5,
     neuron:blocks.8:12, or sums such as 'blocks.8:12 - 0.5*blocks.8:3'. -o - writes the PNG to stdout."""
+    image_format(out)  # refuse an extension featviz cannot write before rendering anything
     check_outputs(out, gif)
     organism = load_model(model, device)
     objective = parse(target, organism)
@@ -82,7 +85,7 @@ def render_cmd(model, target, out, batch, diversity, alpha, gif, recipe, steps, 
     kw = _overrides(steps, lr, param, transforms)
     n_steps = kw.get("steps", RECIPES[auto_recipe(objective) if recipe == "auto" else recipe].steps)
     result = render(organism, objective, size=size, batch=batch, recipe=recipe, seed=seed, alpha=alpha,
-                    snapshot_every=max(1, n_steps // 32) if gif else None, progress=True, **kw)
+                    snapshots=max(1, n_steps // 32) if gif else None, progress=True, **kw)
     _finish(result, out, gif)
 
 
@@ -101,10 +104,12 @@ def render_layer_cmd(model, layer, channels, out, batch, kind, columns, recipe, 
     """Render many units of LAYER, batched, as a contact sheet plus single files."""
     if writes_to_stdout(out):
         raise FeatvizError("render-layer also writes single images in a folder beside the sheet; give -o a file name")
+    image_format(out)
     check_outputs(out)
     organism = load_model(model, device)
     info = organism.layer(layer)
-    chans = parse_range(channels) if channels else list(range(info.channels))
+    chans = parse_indices(channels, "--channels", info.channels, f"channel of {layer}") if channels \
+        else list(range(info.channels))
     units = [(layer, c) for c in chans]
     results = render_units(organism, units, batch_size=batch, kind=kind, recipe=recipe, seed=seed, size=size,
                            progress=True, **_overrides(steps, lr, param, transforms))
@@ -113,7 +118,7 @@ def render_layer_cmd(model, layer, channels, out, batch, kind, columns, recipe, 
         res.save(single_dir / f"{lname}_{c}.png")
     sheet = grid([r.pil() for r in results], columns=columns, labels=[str(c) for _, c in units[:len(results)]])
     settings = dict(results[0].settings, objective=f"{kind}s of {layer}", channels=chans[:len(results)])
-    save_png(sheet, out, settings)
+    save_image(sheet, out, settings)
     click.echo(f"wrote {out} and {len(results)} images in {single_dir}/")
     if results and results[-1].interrupted:
         sys.exit(130)
@@ -128,6 +133,7 @@ def render_layer_cmd(model, layer, channels, out, batch, kind, columns, recipe, 
 @recipe_options
 def dream_cmd(model, photo, layer, channel, out, recipe, steps, lr, param, transforms, seed, size, device):
     """DeepDream: start from PHOTO and amplify what LAYER sees in it."""
+    image_format(out)
     check_outputs(out)
     organism = load_model(model, device)
     image = organism.preprocess(photo, size or organism.input_size)

@@ -115,7 +115,7 @@ def causes_cmd(model, unit, store, k, steps, size, mask_frac, method, seed, out,
     organism = load_model(model, device)
     if site is not None:
         _check_site(site, organism.name)
-    res = causes_report(organism, layer, index, store, out, k=k, steps=steps, size=size, mask_frac=mask_frac,
+    res = causes_report(organism, (layer, index), store, out, k=k, steps=steps, size=size, mask_frac=mask_frac,
                         method=method, seed=seed, log=lambda m: click.echo(m, err=True))
     s = res["summary"]
     click.echo(f"{layer}:{index}  original {s['mean_original']:.3f}  attribution-masked "

@@ -71,10 +71,8 @@ def _to_cpu(obj):
 
 def _model_key(model) -> str:
     """Changes when anything a job could see changes: weights, normalization, input size, name."""
-    from ..examples.stream import weights_digest
-
-    parts = [getattr(model, "name", type(model).__name__), weights_digest(model) if hasattr(model, "network") else
-             uuid.uuid4().hex, repr(getattr(model, "mean", None)), repr(getattr(model, "std", None)),
+    digest = model.weights_digest() if hasattr(model, "weights_digest") else uuid.uuid4().hex
+    parts = [getattr(model, "name", type(model).__name__), digest, repr(getattr(model, "mean", None)), repr(getattr(model, "std", None)),
              repr(getattr(model, "input_size", None))]
     return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:32]
 

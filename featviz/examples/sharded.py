@@ -26,50 +26,50 @@ from .._storage import LOCK
 from ..engine import Job
 from ..errors import FeatvizError
 from ..imageio import atomic_write
-from .store import DB_NAME, ExampleStore, merge
+from .plan import ExamplesPlan, PassOptions
+from .store import DB_NAME, ExampleStore, describe_settings_diff, lock_store, merge
+from .stream import run_pass
 
 PLAN = "plan.json"
 
 
-def collect_sharded(engine, model, data, root: Path, files, layers, top, bottom, size, batch_size, settings,
-                    store_path: Path, overwrite: bool, crop_size: int, say) -> ExampleStore:
-    """``collect`` over ``engine``'s workers (called by ``collect(..., engine=...)``)."""
-    from .stream import _describe_diff, _store_lock
-
+def run_sharded(engine, model, plan: ExamplesPlan, options: PassOptions = PassOptions()) -> ExampleStore:
+    """Run ``plan`` over ``engine``'s workers, one shard each, and merge the parts into ``plan.store``."""
+    say, store_path, settings = options.say, plan.store, plan.settings()
+    if plan.shard is not None:
+        raise FeatvizError("a shard (--shard) cannot be split again over an engine; give one or the other")
     if ExampleStore.exists(store_path):
         with ExampleStore(store_path) as old:
             same, complete, old_settings = old.settings == settings, old.complete, old.settings
         if same and complete:
             say(f"store {store_path} is already complete")
             return ExampleStore(store_path)
-        if not same and not overwrite:
+        if not same and not plan.overwrite:
             raise FeatvizError(f"the store {store_path} was made with other settings "
-                               f"({_describe_diff(old_settings, settings)}); pass --overwrite to start it over, "
-                               "or choose another --out")
-    n_batches = -(-len(files) // batch_size)
-    n = max(1, min(engine.workers, n_batches))
+                               f"({describe_settings_diff(old_settings, settings)}); pass --overwrite to start it "
+                               "over, or choose another --out")
+    n = max(1, min(engine.workers, plan.n_batches))
     staging = store_path.parent / f".{store_path.name}.shards"
     staging.mkdir(parents=True, exist_ok=True)
-    lock = _store_lock(staging)
+    lock = lock_store(staging)
     try:
-        plan = {"settings": settings, "shards": n}
+        manifest = {"settings": settings, "shards": n}
         plan_file = staging / PLAN
-        if not plan_file.exists() or json.loads(plan_file.read_text(encoding="utf-8")) != plan:
+        if not plan_file.exists() or json.loads(plan_file.read_text(encoding="utf-8")) != manifest:
             for child in staging.iterdir():  # parts of another plan are of no use
                 if child.name != LOCK:
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
-            atomic_write(plan_file, lambda tmp: Path(tmp).write_text(json.dumps(plan), encoding="utf-8"))
+            atomic_write(plan_file, lambda tmp: Path(tmp).write_text(json.dumps(manifest), encoding="utf-8"))
         todo = [i for i in range(n) if not (staging / str(i) / DB_NAME).exists()]
-        say(f"dataset examples on the {engine.describe()}: {n} shard{'s' if n > 1 else ''} of {root}"
-            + (f", {n - len(todo)} already done" if len(todo) < n else ""))
-        data_arg = None if data is None else str(root.resolve())
-        jobs = [Job(collect_shard, (data_arg, layers, top, bottom, size, batch_size, i, n, crop_size)) for i in todo]
+        say(f"dataset examples on the {engine.describe()}: {n} shard{'s' if n > 1 else ''} of "
+            f"{plan.describe_data()}" + (f", {n - len(todo)} already done" if len(todo) < n else ""))
+        jobs = [Job(collect_shard, (plan, i, n)) for i in todo]
         for done in engine.run(model, jobs):
             i = todo[done.index]
             _unpack(done.result, staging / str(i))
             say(f"examples shard {i + 1}/{n} done in {done.seconds:.1f} s")
         parts = [staging / str(i) for i in range(n)]
-        if store_path.exists():  # an older or unfinished store (only featviz's files: checked by collect)
+        if store_path.exists():  # an older or unfinished store (only featviz's files: checked by the plan)
             shutil.rmtree(store_path)
         if n == 1:
             os.replace(parts[0], store_path)
@@ -80,21 +80,25 @@ def collect_sharded(engine, model, data, root: Path, files, layers, top, bottom,
         lock.close()
     if result.settings != settings:
         result.close()
-        raise FeatvizError(f"the workers saw other files under {root} than this process; on a cluster the data "
-                           "folder must be readable at the same path on every node")
+        raise FeatvizError(f"the workers saw other files under {plan.root} than this process; on a cluster the "
+                           "data folder must be readable at the same path on every node")
     shutil.rmtree(staging, ignore_errors=True)
     return result
 
 
-def collect_shard(model, data, layers, top, bottom, size, batch_size, index, count, crop_size) -> bytes:
-    """Runs on a worker: shard ``index``/``count`` into a temporary store, returned as tar bytes."""
-    from .stream import collect
+def collect_shard(model, plan: ExamplesPlan, index: int, count: int) -> bytes:
+    """Runs on a worker: shard ``index``/``count`` of ``plan`` into a temporary store, returned as tar bytes.
 
+    The worker lists the folder itself (at the driver's absolute path): if it sees other files,
+    the merged settings differ and the driver says so."""
     tmp = Path(tempfile.mkdtemp(prefix="featviz-shard-"))
     try:
+        data = None if plan.data is None else plan.root.resolve()
         try:
-            store = collect(model, data, layers, top, bottom=bottom, store=tmp / "store", batch_size=batch_size,
-                            size=size, shard=f"{index}/{count}", crop_size=crop_size, checkpoint_every=1e9)
+            part = ExamplesPlan.create(model, data, list(plan.layers), plan.top, bottom=plan.bottom,
+                                       store=tmp / "store", batch_size=plan.batch_size, size=plan.size,
+                                       shard=(index, count), crop_size=plan.crop_size)
+            store = run_pass(model, part, PassOptions(checkpoint_every=1e9))
         except FeatvizError as exc:
             raise FeatvizError(f"{exc} (on a worker: the data folder must be readable there at the same path)") \
                 from None

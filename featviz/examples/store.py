@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .._storage import Database, connect, transaction
+from .._storage import LOCK, Database, FolderLock, connect, transaction
 from ..errors import FeatvizError, IndexOutOfRangeError, UnknownLayerError, suggest
 from .receptive import ReceptiveField
 from .topk import EMPTY, RANKINGS, LayerState, Ranking
@@ -328,12 +328,13 @@ class ExampleStore(Database):
             h.update(hashlib.sha256((self.path / rel).read_bytes()).digest())
         return h.hexdigest()
 
-    # -- writing (used by collect and merge) ----------------------------------------------------
-    def _set_run(self, run: dict) -> None:
+    # -- writing (used by the examples pass and merge) ----------------------------------------------
+    def set_run(self, run: dict) -> None:
+        """Replace what the store records about its run(s) (data folder, timings...)."""
         with transaction(self._db):
             self._db.execute("UPDATE meta SET value=? WHERE key='run'", (json.dumps(run, sort_keys=True),))
 
-    def _save_checkpoint(self, files_done: int, states: dict[str, LayerState],
+    def save_checkpoint(self, files_done: int, states: dict[str, LayerState],
                          skipped: Iterable[tuple[int, str]]) -> None:
         """Progress in one transaction: the running rankings, files done, files skipped."""
         rows = []
@@ -348,7 +349,8 @@ class ExampleStore(Database):
             self._db.executemany("INSERT OR REPLACE INTO skipped VALUES (?, ?)", list(skipped))
             self._db.execute("UPDATE meta SET value=? WHERE key='files_done'", (str(files_done),))
 
-    def _load_checkpoint(self, device=None) -> dict[str, LayerState] | None:
+    def load_checkpoint(self, device=None) -> dict[str, LayerState] | None:
+        """The rankings of the last checkpoint on ``device`` (None if there is none)."""
         rows = self._db.execute("SELECT name, dtype, shape, data FROM checkpoint").fetchall()
         if not rows:
             return None
@@ -362,12 +364,12 @@ class ExampleStore(Database):
                                    for kind, f in kinds.items()})
                 for layer, kinds in parts.items()}
 
-    def _install_media(self, partial: Path) -> None:
+    def install_media(self, partial: Path) -> None:
         """Move a fully written media folder into place (the old one, if any, goes first)."""
         shutil.rmtree(self.path / MEDIA, ignore_errors=True)
         os.replace(partial, self.path / MEDIA)
 
-    def _finish(self, rows: Sequence[tuple], files_done: int, run: dict | None = None,
+    def finish(self, rows: Sequence[tuple], files_done: int, run: dict | None = None,
                 skipped: Iterable[tuple[int, str]] = ()) -> None:
         """Write the examples and mark the store complete, in one transaction."""
         with transaction(self._db):
@@ -432,6 +434,40 @@ def example_rows(states: dict[str, LayerState], records: dict[str, LayerRecord])
                     rows.append((layer, unit, kind, rank, image_id, float(values[unit, rank]),
                                  int(pos[unit, rank]), *box, file))
     return rows
+
+
+STORE_NAMES = (DB_NAME, DB_NAME + "-journal", MEDIA, PARTIAL_MEDIA)  # what a store folder holds
+OURS = set(STORE_NAMES) | {LOCK}
+
+
+def check_target(path: Path) -> None:
+    """Refuse to write a store into a folder that holds anything else."""
+    path = Path(path)
+    if path.exists() and not ExampleStore.exists(path):
+        if not path.is_dir() or any(p.name not in OURS for p in path.iterdir()):
+            raise FeatvizError(f"{path} exists and is not an example store; choose a new or empty folder for --out")
+
+
+def lock_store(path: str | os.PathLike) -> FolderLock:
+    """The store's folder, locked for the duration of a run (another process writing it is refused)."""
+    return FolderLock(path, f"the store {path} is being written by another process")
+
+
+def describe_settings_diff(old: dict, new: dict) -> str:
+    """Why a store's settings differ from a run's, in words ('top 4 in the store vs 5 now')."""
+    parts = []
+    if old.get("dataset") != new.get("dataset"):
+        parts.append("the data folder changed since the store was started")
+    elif old.get("files") != new.get("files"):
+        parts.append("another shard of the folder")
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) == new.get(key) or key in ("dataset", "files", "n_files"):
+            continue
+        if key == "weights":
+            parts.append("other model weights")
+        else:
+            parts.append(f"{key} {old.get(key)} in the store vs {new.get(key)} now")
+    return "; ".join(parts) or "another format"
 
 
 def open_store(path: str | os.PathLike) -> ExampleStore:
@@ -516,8 +552,8 @@ def merge(stores: Sequence[str | os.PathLike | ExampleStore], out: str | os.Path
                 shutil.copyfile(st.path / src, dest)
         if not partial.exists():
             partial.mkdir()
-        new._install_media(partial)
-        new._finish(rows, len(files), skipped=skipped)
+        new.install_media(partial)
+        new.finish(rows, len(files), skipped=skipped)
         new.close()
         old = None
         if out.exists():

@@ -5,7 +5,7 @@
     report = build("efficientnet_lite0", "site", "photos/", layers=["blocks.8", "head"], units=32)
     print(report.summary())
 
-    from featviz.microscope.server import create_app             # featviz serve SITE
+    from featviz.server import create_app                        # featviz serve SITE (not imported here)
     app = create_app("site")
 
 A unit page shows the channel, neuron, four diverse and the negative
@@ -20,11 +20,4 @@ from .manifest import Manifest, Panel
 from .settings import PRESETS, BuildSettings, default_layers, preset, slug
 
 __all__ = ["build", "BuildReport", "BuildSettings", "PRESETS", "preset", "resolve_settings", "Manifest", "Panel",
-           "default_layers", "slug", "create_app"]
-
-
-def create_app(*args, **kwargs):
-    """The ASGI app of ``featviz serve`` (needs the 'serve' extra: fastapi, uvicorn)."""
-    from .server import create_app as _create
-
-    return _create(*args, **kwargs)
+           "default_layers", "slug"]

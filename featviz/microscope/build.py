@@ -142,13 +142,11 @@ def build(model="efficientnet_lite0", out: str | os.PathLike = "microscope", dat
 class _Builder:
     def __init__(self, model, site: Path, man: Manifest, s: BuildSettings, layers, plan, class_list, data, say,
                  progress, engine):
-        from ..examples.stream import weights_digest
-
         self.model, self.site, self.man, self.s = model, site, man, s
         self.layers, self.plan, self.class_list, self.data = layers, plan, class_list, data
         self.say, self.progress, self.engine = say, progress, engine
         self.slug = slug(model.name)
-        self.model_id = {"name": model.name, "weights": weights_digest(model)}
+        self.model_id = {"name": model.name, "weights": model.weights_digest()}
         self.report = BuildReport(site, model.name, layers, sum(len(v) for v in plan.values()), engine=engine.name)
 
     # -- helpers -------------------------------------------------------------------------------------
@@ -240,7 +238,7 @@ class _Builder:
 
     # -- dataset examples -------------------------------------------------------------------------------------
     def examples(self):
-        from ..examples import ExampleStore, collect
+        from ..examples import ExampleStore, PassOptions, collect
 
         t = time.perf_counter()
         path = self.site / self.slug / EXAMPLES_DIR
@@ -263,8 +261,8 @@ class _Builder:
         self.say(f"dataset examples of {', '.join(wanted)} over "
                  f"{self.data if self.data is not None else 'the embedded demo photos'}")
         store = collect(self.model, self.data, wanted, self.s.k, store=path, size=self.s.examples_size,
-                        overwrite=True, checkpoint_every=10.0, progress=self.progress, log=self.say,
-                        engine=self.engine)
+                        overwrite=True, engine=self.engine,
+                        options=PassOptions(checkpoint_every=10.0, progress=self.progress, log=self.say))
         self.report.seconds["examples"] += time.perf_counter() - t
         return store
 

@@ -74,9 +74,8 @@ def logit_effects_attribution(model, layer: str, units: Sequence[int], images: S
         chans = torch.tensor(rows_ch[start:start + batch_rows], device=model.device)
 
         def hook(_module, _inputs, output, chans=chans):
-            tangent = torch.zeros_like(output)
-            tangent[torch.arange(output.shape[0], device=output.device), chans] = 1.0
-            return fwAD.make_dual(output, tangent)
+            # 1 on the unit's channel at every position (a ViT's patch tokens, a channels-last map: the organism knows)
+            return fwAD.make_dual(output, model.unit_tangent(layer, output, chans))
 
         handle = module.register_forward_hook(hook)
         try:

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from ..optvis import render, render_units
+from ..optvis.objectives import Objective, Unit, deepdream, logit, spatial
 from ..optvis.render import finished
-from ..optvis.objectives import Objective, Unit, _spatial, deepdream, logit
 from .settings import BuildSettings
 
 Callback = Callable[[int, float], None] | None
@@ -56,7 +56,7 @@ def _final_values(model, kind: str, units, images: torch.Tensor) -> list[float]:
     acts = model.activations(images.to(model.device), layers)
     values = []
     for i, (layer, ch) in enumerate(units):
-        a = _spatial(acts, layer)[i, ch]
+        a = spatial(acts, layer)[i, ch]
         if kind == "neuron":
             v = a[a.shape[0] // 2, a.shape[1] // 2]
         else:
@@ -96,7 +96,7 @@ def grouped_diversity(units: Sequence[tuple[str, int]], per_unit: int, weight: f
         dev = next(iter(acts.values())).device
         act = None
         for layer, members in chans_by_layer.items():
-            a = _spatial(acts, layer)
+            a = spatial(acts, layer)
             images = torch.tensor([i for i, _ in members], device=dev)
             chans = torch.tensor([c for _, c in members], device=dev)
             r = (torch.arange(views, device=dev)[:, None] * n + images[None, :]).flatten()
@@ -105,7 +105,7 @@ def grouped_diversity(units: Sequence[tuple[str, int]], per_unit: int, weight: f
         div = act.new_zeros(rows)
         group_of = torch.arange(n, device=dev) // per_unit
         for dlayer in dict.fromkeys(div_layers[l] for l, _ in units):
-            a = _spatial(acts, dlayer)
+            a = spatial(acts, dlayer)
             c = a.shape[1]
             flat = a.reshape(rows, c, -1)
             gram = F.normalize(torch.bmm(flat, flat.transpose(1, 2)).reshape(rows, -1), dim=1)

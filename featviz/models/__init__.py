@@ -1,25 +1,36 @@
 """Model organisms: ``featviz.models.load(name)`` gives a network with its metadata.
 
 Built in and offline: ``efficientnet_lite0`` (default), ``efficientnet_lite1``,
-``efficientnet_lite2``. Also ``torchvision:<name>`` and ``timm:<name>`` when
-those packages and their weights are present, and any ``nn.Module`` through
-``from_module`` with its normalization stated.
+``efficientnet_lite2``. Also: model spec files (``my_net.toml``: your own or a
+fine-tuned network, see ``featviz.models.spec``), names registered with
+``register`` or by installed packages (entry-point group ``featviz.models``),
+``torchvision:<name>`` and ``timm:<name>`` when those packages are installed,
+and any ``nn.Module`` through ``from_module`` with its normalization stated.
+This package is the one place that knows model names: nothing else branches on them.
 """
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Callable, Sequence
+import os
+from functools import lru_cache, partial
+from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
 
+from ..devices import resolve_device
 from ..errors import FeatvizError, UnknownModelError, suggest
+from . import registry
+from .checkpoint import fit_state_dict, read_state_dict
 from .organism import LOGITS, LayerInfo, ModelOrganism
+from .registry import available, register, registered, unregister
+from .spec import is_spec_path, load_spec
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
-__all__ = ["load", "from_module", "available", "ModelOrganism", "LayerInfo", "LOGITS", "DEFAULT_MODEL",
-           "imagenet_labels"]
+__all__ = ["load", "from_module", "available", "register", "registered", "unregister", "with_weights",
+           "is_model_reference",
+           "ModelOrganism", "LayerInfo", "LOGITS", "DEFAULT_MODEL", "imagenet_labels"]
 
 
 @lru_cache(maxsize=1)
@@ -49,39 +60,87 @@ def _efficientnet_lite(name: str) -> ModelOrganism:
                          channels_last=True)
 
 
-BUILTIN: dict[str, Callable[[], ModelOrganism]] = {
-    name: (lambda name=name: _efficientnet_lite(name))
-    for name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-}
+for _name, _res in (("efficientnet_lite0", 224), ("efficientnet_lite1", 240), ("efficientnet_lite2", 260)):
+    register(_name, partial(_efficientnet_lite, _name), source="built-in",
+             description=f"EfficientNet-Lite{_name[-1]}, ImageNet weights, {_res} px (offline)")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def available() -> list[str]:
-    """Names ``load`` accepts without a prefix."""
-    return list(BUILTIN)
+def load(name: str | os.PathLike | ModelOrganism = DEFAULT_MODEL, device: str | torch.device | None = None,
+         weights: str | os.PathLike | None = None) -> ModelOrganism:
+    """Load a model organism on ``device`` (default CPU).
 
-
-def load(name: str = DEFAULT_MODEL, device: str | torch.device | None = None) -> ModelOrganism:
-    """Load a model organism by name, on ``device`` (default CPU).
-
-    ``efficientnet_lite0|1|2`` are built in; ``torchvision:resnet50`` and
-    ``timm:resnet50`` use those packages if installed.
+    ``name``: a registered name (``featviz.models.available()``: the built-in
+    ``efficientnet_lite0|1|2`` and what packages register), a model spec file
+    (``my_net.toml``, see ``featviz.models.spec``), ``torchvision:<arch>`` or
+    ``timm:<arch>`` (those packages installed), or an organism (returned as
+    is). ``weights``: a state-dict file (.pt/.pth/.safetensors) to load into
+    the network instead of its own weights: the short form of a spec with
+    ``base = name`` and ``weights = FILE``; a classifier of another size is
+    resized to the checkpoint.
     """
+    if device is not None:
+        device = resolve_device(device)
     if isinstance(name, ModelOrganism):
+        if weights is not None:
+            raise FeatvizError("weights= applies to a model name or spec, not to a loaded organism")
         return name.to(device) if device is not None else name
-    if name in BUILTIN:
-        organism = BUILTIN[name]()
-    elif name.startswith("torchvision:"):
-        organism = _torchvision(name.split(":", 1)[1])
-    elif name.startswith("timm:"):
-        organism = _timm(name.split(":", 1)[1])
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
+    if not isinstance(name, str):
+        raise FeatvizError(f"expected a model name or spec file, got {type(name).__name__}")
+    if is_spec_path(name):
+        organism = load_spec(name, weights)
+    elif weights is not None:
+        organism = with_weights(create_base(name, pretrained=False), weights)
     else:
-        raise UnknownModelError(
-            f"unknown model '{name}'.{suggest(name, BUILTIN)} Known models: {', '.join(BUILTIN)}; "
-            "or 'torchvision:<name>' / 'timm:<name>' with those packages installed")
+        organism = create_base(name)
     return organism.to(device) if device is not None else organism
+
+
+def is_model_reference(text) -> bool:
+    """True for what ``load`` takes by name: a registered name, a spec file, torchvision:/timm:<arch>.
+    (The CLI uses it to tell a model from a photo or a folder in its first argument.)"""
+    if isinstance(text, ModelOrganism):
+        return True
+    text = os.fspath(text) if isinstance(text, os.PathLike) else text
+    return isinstance(text, str) and (is_spec_path(text) or text.startswith(("torchvision:", "timm:"))
+                                      or text in registered())
+
+
+def create_base(name: str, pretrained: bool = True, where: str | None = None) -> ModelOrganism:
+    """A registered, ``torchvision:`` or ``timm:`` model; ``pretrained=False`` skips the download
+    of torchvision/timm weights (registered models always come with their own)."""
+    try:
+        if name.startswith("torchvision:"):
+            return _torchvision(name.split(":", 1)[1], pretrained)
+        if name.startswith("timm:"):
+            return _timm(name.split(":", 1)[1], pretrained)
+        return registry.create(name)
+    except FeatvizError as exc:
+        if where is None:
+            raise
+        raise type(exc)(f"{where}: {exc}") from None
+
+
+def with_weights(organism: ModelOrganism, weights: str | os.PathLike) -> ModelOrganism:
+    """``organism`` with the state dict of ``weights`` loaded (a classifier of another size is resized)."""
+    from .spec import is_spec_path
+
+    if is_spec_path(weights):
+        raise FeatvizError(f"{weights} is a model spec: give it as the model, not as --weights")
+    resized = fit_state_dict(organism.network, read_state_dict(weights), str(weights))
+    labels = organism.labels
+    if resized:
+        outputs = organism.output_features(refresh=True)
+        if labels is not None and outputs is not None and len(labels) != outputs:
+            labels = None  # a fine-tuned head: the base's class names no longer apply
+    stem = Path(weights).stem
+    out = organism.rebuilt(name=f"{organism.name}+{stem}", labels=labels)
+    out.weights_file = str(Path(weights).resolve())
+    return out
 
 
 def from_module(network: nn.Module, *, name: str = "custom", input_size: int = 224,

@@ -8,6 +8,9 @@ table of its layers (PyTorch dotted names, channels, spatial size).
 """
 from __future__ import annotations
 
+import hashlib
+import math
+import weakref
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -20,9 +23,32 @@ from ..errors import FeatvizError, IndexOutOfRangeError, UnknownLayerError, sugg
 LOGITS = "logits"  # pseudo layer name for the network's final output
 
 
+NCHW, NHWC, TOKENS, FLAT = "nchw", "nhwc", "tokens", "flat"
+
+
+@dataclass(frozen=True)
+class Branch:
+    """Channels ``start``..``stop - 1`` of a concatenating layer come from module ``name``."""
+
+    name: str
+    start: int
+    stop: int
+
+
 @dataclass(frozen=True)
 class LayerInfo:
-    """One layer of the table: dotted module name, output channels, spatial size."""
+    """One layer of the table: dotted module name, output channels, spatial size.
+
+    ``layout`` is how the module's raw output is laid out: ``nchw`` (convolutions),
+    ``nhwc`` (a Linear / LayerNorm applied to a channels-last map, as inside
+    ConvNeXt blocks), ``tokens`` (a transformer's (B, N, C): ``prefix`` class /
+    register tokens, then the patch tokens of a ``height`` x ``width`` grid) or
+    ``flat`` (B, C). ``ModelOrganism.activations`` always hands out (B, C, H, W)
+    (or (B, C) for flat layers), so objectives, dataset examples, receptive
+    fields and attribution never see the difference. ``branches``: for a layer
+    that concatenates its children's outputs along channels (Inception), which
+    child each channel range comes from.
+    """
 
     name: str
     channels: int
@@ -30,10 +56,20 @@ class LayerInfo:
     width: int | None
     order: int  # position in forward execution order
     kind: str  # module class name
+    layout: str = NCHW
+    prefix: int = 0  # tokens before the patch grid (the class token...) in a tokens layout
+    branches: tuple[Branch, ...] = ()
 
     @property
     def spatial(self) -> bool:
         return self.height is not None
+
+    def branch_of(self, channel: int) -> tuple[Branch, int] | None:
+        """(branch, channel within the branch) for a concatenating layer, else None."""
+        for branch in self.branches:
+            if branch.start <= channel < branch.stop:
+                return branch, channel - branch.start
+        return None
 
 
 class _StopForward(Exception):
@@ -65,9 +101,31 @@ class ModelOrganism(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.labels = list(labels) if labels is not None else None
         self._modules_by_name = dict(self.network.named_modules())
-        self._main_layer_names = list(main_layers) if main_layers else None
+        self._main_layer_names = list(main_layers) if main_layers else default_main_layers(self.network)
         self._table: list[LayerInfo] | None = None
         self._index: dict[str, LayerInfo] = {}
+        self._output_shape: tuple | None = None
+        self.source: str | None = None  # the model spec file this organism was loaded from, if any
+        self.weights_file: str | None = None  # the state dict loaded over the network's own weights, if any
+
+    @property
+    def main_layer_names(self) -> list[str] | None:
+        """The layers ``layers()`` shows by default (None: every module)."""
+        return list(self._main_layer_names) if self._main_layer_names else None
+
+    def rebuilt(self, network: nn.Module | None = None, **changes) -> "ModelOrganism":
+        """A new organism with the same input contract, after ``network`` or metadata changed
+        (``name``, ``labels``, ``main_layers``, ``input_size``)."""
+        unknown = set(changes) - {"name", "labels", "main_layers", "input_size"}
+        if unknown:
+            raise TypeError(f"rebuilt() got unknown fields {sorted(unknown)}")
+        out = ModelOrganism(network if network is not None else self.network, changes.get("name", self.name),
+                            changes.get("input_size", self.input_size), self.mean.flatten().tolist(),
+                            self.std.flatten().tolist(), labels=changes.get("labels", self.labels),
+                            main_layers=changes.get("main_layers", self._main_layer_names),
+                            value_range=self.value_range, channels_last=self.channels_last)
+        out.source, out.weights_file = self.source, self.weights_file
+        return out.to(self.device)
 
     # -- input contract ---------------------------------------------------
     @property
@@ -94,10 +152,29 @@ class ModelOrganism(nn.Module):
             self.network.to(memory_format=torch.channels_last)
         return out
 
+    def weights_digest(self) -> str:
+        """SHA-256 (32 hex digits) of the network's parameters and buffers, names, dtypes and shapes:
+        what a store, a site or a worker's cached copy was made with (other weights are refused)."""
+        digest = hashlib.sha256()
+        for key, tensor in self.network.state_dict().items():
+            tensor = tensor.detach().cpu().contiguous()
+            digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        return digest.hexdigest()[:32]
+
     # -- classes ----------------------------------------------------------
     @property
     def num_classes(self) -> int | None:
-        return len(self.labels) if self.labels is not None else None
+        """Number of classes: the labels', else the width of a (B, K) output, else None."""
+        return len(self.labels) if self.labels is not None else self.output_features()
+
+    def output_features(self, refresh: bool = False) -> int | None:
+        """K for a network whose output is (B, K) at the input size; None for other outputs."""
+        if refresh:
+            self._table = None
+        self._layer_table()
+        shape = self._output_shape
+        return int(shape[1]) if shape is not None and len(shape) == 2 else None
 
     def check_class(self, index: int) -> int:
         n = self.num_classes
@@ -128,6 +205,19 @@ class ModelOrganism(nn.Module):
         raise UnknownLayerError(f"unknown layer '{name}' in {self.name}.{suggest(name, dict.fromkeys(known))}"
                                 f" ('featviz layers {self.name}' lists them)")
 
+    def default_layers(self, n: int = 4, *, first: bool = False) -> list[str]:
+        """``n`` spatial main layers evenly spread over the depth, the deepest included; with
+        ``first`` the shallowest too (lite0, n=4: blocks.2, blocks.7, blocks.12, head; n=3:
+        blocks.4, blocks.10, head). What a command shows when no layers are given."""
+        spatial = [info.name for info in self.layers() if info.spatial]
+        if len(spatial) <= n:
+            return spatial
+        if first:  # positions 0 .. len-1 at equal steps
+            picks = np.linspace(0, len(spatial) - 1, n).round().astype(int)
+        else:  # the ends of n equal slices of the depth
+            picks = [max(0, round(len(spatial) * i / n) - 1) for i in range(1, n + 1)]
+        return list(dict.fromkeys(spatial[int(i)] for i in picks))
+
     def check_channel(self, layer: str, channel: int) -> int:
         info = self.layer(layer)
         if not 0 <= channel < info.channels:
@@ -140,9 +230,21 @@ class ModelOrganism(nn.Module):
         self.layer(name)
         return self._modules_by_name[name]
 
+    def unit_description(self, layer: str, channel: int) -> str:
+        """'layer:channel', plus the branch it comes from for a concatenating layer
+        ('inception3a:70 = branch2:6') and a note for token layers."""
+        info = self.layer(layer)
+        text = f"{layer}:{channel}"
+        found = info.branch_of(channel)
+        if found is not None:
+            text += f" = {found[0].name}:{found[1]}"
+        if info.layout == TOKENS:
+            text += f" (patch tokens on a {info.height}x{info.width} grid; {info.prefix} class/register token(s) left out)"
+        return text
+
     def _layer_table(self) -> list[LayerInfo]:
         if self._table is None:
-            self._table = _trace_layers(self.network, self.input_size, self.normalize)
+            self._table, self._output_shape = _trace_layers(self.network, self.input_size, self.normalize)
             self._index = {info.name: info for info in self._table}
         return self._table
 
@@ -152,12 +254,29 @@ class ModelOrganism(nn.Module):
 
     # -- activations ----------------------------------------------------------
     def activations(self, x: torch.Tensor, layers: Iterable[str]) -> dict[str, torch.Tensor]:
-        """Run ``x`` (in [0, 1]) and return the outputs of ``layers``.
+        """Run ``x`` (in [0, 1]) and return the outputs of ``layers``, as (B, C, H, W) or (B, C).
 
         Only the requested layers are hooked, and the forward pass stops as
         soon as all of them have fired, so an early layer never pays for the
         rest of the network. ``'logits'`` stands for the network's output.
+        Transformer tokens come laid on their patch grid and channels-last
+        maps permuted (see ``LayerInfo``). A module called more than once in a
+        forward pass is read at its first call, as in the layer table.
         Hooks are removed in ``finally`` whatever happens.
+        """
+        raw = self.raw_activations(x, layers)
+        return {name: value if name == LOGITS else self.canonical(name, value, x) for name, value in raw.items()}
+
+    def canonical(self, layer: str, raw: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """A raw module output of ``layer`` for input ``x``, as ``activations`` hands it out. Gradients with
+        respect to the raw output convert the same way (it only permutes and selects)."""
+        return to_canonical(raw, self.layer(layer), x.shape[-2:], self.input_size)
+
+    def raw_activations(self, x: torch.Tensor, layers: Iterable[str]) -> dict[str, torch.Tensor]:
+        """The modules' own outputs (as laid out by the network; see ``activations``).
+
+        Each returned tensor is an ancestor of everything computed after it in
+        the forward pass, so gradients of later outputs with respect to it exist.
         """
         layers = list(dict.fromkeys(layers))
         want_logits = LOGITS in layers
@@ -169,9 +288,18 @@ class ModelOrganism(nn.Module):
 
         def make_hook(name):
             def hook(_module, _inputs, output):
-                captured[name] = output
+                if name in captured:  # a module called again (a shared ReLU): its first call is the layer
+                    return None
+                value = output[0] if isinstance(output, (tuple, list)) and output else output
+                captured[name] = value
                 if not want_logits and len(captured) == len(hooked):
                     raise _StopForward
+                if isinstance(output, torch.Tensor):
+                    # The forward pass goes on with a copy: a later in-place op (ReLU(inplace=True),
+                    # ``out += identity``) would otherwise change the very tensor we hand out, and
+                    # its gradient. The copy's gradient flows back through the captured output.
+                    return output.clone()
+                return None
             return hook
 
         try:
@@ -190,6 +318,32 @@ class ModelOrganism(nn.Module):
         if missing:
             raise FeatvizError(f"layers {missing} did not run in the forward pass of {self.name}")
         return captured
+
+    def layer_gradient(self, x: torch.Tensor, layer: str, score) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(activations of ``layer``, gradient of ``score`` summed over the batch with respect to them,
+        score values), both maps as (B, C, H, W). ``score`` has an objective's ``layers`` and is called
+        as ``score(activations, batch)`` (an ``Objective``). Used by Grad-CAM and Building Blocks."""
+        raw = self.raw_activations(x, [layer, *score.layers])
+        acts = {name: value if name == LOGITS else self.canonical(name, value, x) for name, value in raw.items()}
+        values = score(acts, x.shape[0])
+        (grad,) = torch.autograd.grad(values.sum(), raw[layer], allow_unused=True)
+        if grad is None:
+            grad = torch.zeros_like(raw[layer])
+        return acts[layer].detach(), self.canonical(layer, grad, x), values.detach()
+
+    def unit_tangent(self, layer: str, output: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+        """A tensor shaped like the raw ``output`` of ``layer``: 1 at channel ``channels[b]`` of row b at every
+        position that ``activations`` hands out (patch tokens only), 0 elsewhere. For forward-mode probes."""
+        info = self.layer(layer)
+        tangent = torch.zeros_like(output)
+        rows = torch.arange(output.shape[0], device=output.device)
+        if info.layout == TOKENS:
+            tangent[rows[:, None], info.prefix:, channels[:, None]] = 1.0
+        elif info.layout == NHWC:
+            tangent.permute(0, 3, 1, 2)[rows, channels] = 1.0
+        else:
+            tangent[rows, channels] = 1.0
+        return tangent
 
     # -- photos -------------------------------------------------------------------
     def preprocess(self, image, size: int | None = None) -> torch.Tensor:
@@ -230,15 +384,90 @@ def check_image_batch(x: torch.Tensor) -> None:
         raise FeatvizError(f"expected an RGB image batch of shape (N, 3, H, W) in [0, 1], got {shape}")
 
 
-def _trace_layers(network: nn.Module, size: int, normalize) -> list[LayerInfo]:
-    """Run one dummy image through every module once to learn output shapes and order."""
-    seen: dict[str, tuple[int, tuple]] = {}
+def to_canonical(output: torch.Tensor, info: LayerInfo, image_hw, traced_size: int) -> torch.Tensor:
+    """A layer's raw output as (B, C, H, W) (or (B, C)): channels-last maps are permuted, the patch
+    tokens of a transformer are laid on their grid (class / register tokens left out)."""
+    if info.layout == NHWC:
+        return output.permute(0, 3, 1, 2)
+    if info.layout == TOKENS:
+        patches = output[:, info.prefix:, :]
+        n = patches.shape[1]
+        # The grid follows the image: a patch covers traced_size / height pixels.
+        patch = traced_size / info.height
+        gh, gw = round(image_hw[0] / patch), round(image_hw[1] / patch)
+        if gh * gw != n:
+            side = math.isqrt(n)
+            if side * side != n:
+                raise FeatvizError(f"cannot lay the {n} patch tokens of '{info.name}' on a grid for an image of "
+                                   f"{image_hw[0]}x{image_hw[1]}")
+            gh = gw = side
+        return patches.transpose(1, 2).reshape(output.shape[0], output.shape[2], gh, gw)
+    return output
+
+
+def token_grid(n_tokens: int) -> tuple[int, int] | None:
+    """(prefix, side) for N tokens = a few class/register tokens + a square patch grid; None if N is no such count."""
+    side = math.isqrt(n_tokens)
+    prefix = n_tokens - side * side
+    if side < 2 or prefix > min(16, side):
+        return None
+    return prefix, side
+
+
+def _layout(module: nn.Module, output: torch.Tensor, source: tuple | None) -> tuple[str, int] | None:
+    """(layout, prefix tokens) of a module's output in the trace (batch 1); None: not a layer we can use.
+    ``source``: (layout, shape) of the module's first input when another module made it."""
+    if output.dim() == 2:
+        return FLAT, 0
+    if output.dim() == 3 and output.shape[0] == 1:
+        grid = token_grid(output.shape[1])
+        return (TOKENS, grid[0]) if grid else None
+    if output.dim() != 4:
+        return None
+    features = (module.out_features if isinstance(module, nn.Linear) else
+                module.normalized_shape[-1] if isinstance(module, nn.LayerNorm) and module.normalized_shape else None)
+    if features is not None and output.shape[-1] == features and output.shape[1] != features:
+        return NHWC, 0  # acting on the last dimension, which holds the channels (torchvision's
+        # LayerNorm2d subclasses nn.LayerNorm but permutes inside: its output stays NCHW)
+    if source is not None and source[0] in (NCHW, NHWC):
+        layout, shape = source
+        if tuple(output.shape) == shape:
+            return layout, 0  # elementwise (GELU, dropout, scale) keeps its input's layout
+        n, a, b, c = shape
+        if layout == NCHW and tuple(output.shape) == (n, b, c, a) and a != c:
+            return NHWC, 0  # a permute to channels-last
+        if layout == NHWC and tuple(output.shape) == (n, c, a, b) and a != c:
+            return NCHW, 0
+    return NCHW, 0
+
+
+def _trace_layers(network: nn.Module, size: int, normalize) -> tuple[list[LayerInfo], tuple | None]:
+    """Run one dummy image through every module once to learn output shapes, layouts and order;
+    returns the table and the shape of the network's output."""
+    seen: dict[str, tuple] = {}
+    made_by: dict[int, tuple] = {}  # id(tensor) -> (weak ref, layout, shape): layouts flow to the next module
+    channel_means: dict[str, torch.Tensor] = {}
     handles = []
 
     def make_hook(name):
-        def hook(module, _inputs, output):
-            if isinstance(output, torch.Tensor) and name not in seen and output.dim() in (2, 4):
-                seen[name] = (len(seen), tuple(output.shape), type(module).__name__)
+        def hook(module, inputs, output):
+            if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+                output = output[0]
+            if not isinstance(output, torch.Tensor) or name in seen:
+                return
+            source = None
+            if inputs and isinstance(inputs[0], torch.Tensor):
+                entry = made_by.get(id(inputs[0]))
+                if entry is not None and entry[0]() is inputs[0]:
+                    source = entry[1:]
+            found = _layout(module, output, source)
+            if found is None:
+                return
+            layout, prefix = found
+            seen[name] = (len(seen), tuple(output.shape), type(module).__name__, layout, prefix)
+            made_by[id(output)] = (weakref.ref(output), layout, tuple(output.shape))
+            if layout == NCHW:
+                channel_means[name] = output.detach().float().mean((0, 2, 3))
         return hook
 
     try:
@@ -246,17 +475,74 @@ def _trace_layers(network: nn.Module, size: int, normalize) -> list[LayerInfo]:
             if name:
                 handles.append(module.register_forward_hook(make_hook(name)))
         device = next(network.parameters()).device
+        # A varied image (not flat grey) so that branch outputs differ and can be told apart.
+        gen = torch.Generator().manual_seed(0)
+        image = torch.rand((1, 3, size, size), generator=gen).to(device)
         with torch.no_grad():
-            network(normalize(torch.full((1, 3, size, size), 0.5, device=device)))
+            result = network(normalize(image))
     finally:
         for h in handles:
             h.remove()
+    out_shape = tuple(result.shape) if isinstance(result, torch.Tensor) else None
     table = []
-    for name, (order, shape, kind) in sorted(seen.items(), key=lambda kv: kv[1][0]):
-        if len(shape) == 4:
-            table.append(LayerInfo(name, shape[1], shape[2], shape[3], order, kind))
+    for name, (order, shape, kind, layout, prefix) in sorted(seen.items(), key=lambda kv: kv[1][0]):
+        if layout == FLAT:
+            table.append(LayerInfo(name, shape[1], None, None, order, kind, layout))
+        elif layout == TOKENS:
+            side = math.isqrt(shape[1] - prefix)
+            table.append(LayerInfo(name, shape[2], side, side, order, kind, layout, prefix))
+        elif layout == NHWC:
+            table.append(LayerInfo(name, shape[3], shape[1], shape[2], order, kind, layout))
         else:
-            table.append(LayerInfo(name, shape[1], None, None, order, kind))
+            branches = _concat_branches(network, name, shape, seen, channel_means)
+            table.append(LayerInfo(name, shape[1], shape[2], shape[3], order, kind, layout, 0, branches))
     # Hooks fire when a module finishes: a container fires after its children.
     # That is the order the early stop relies on, so keep it.
-    return table
+    return table, out_shape
+
+
+def _concat_branches(network, name, shape, seen, channel_means) -> tuple[Branch, ...]:
+    """The children whose outputs, concatenated along channels in the order they ran, are this output."""
+    prefix = f"{name}." if name else ""
+    children = [f"{prefix}{child}" for child, _ in network.get_submodule(name).named_children()]
+    parts = sorted((seen[c][0], c) for c in children
+                   if c in seen and seen[c][3] == NCHW and seen[c][1][2:] == shape[2:] and c in channel_means)
+    if len(parts) < 2 or sum(seen[c][1][1] for _, c in parts) != shape[1]:
+        return ()
+    joined = torch.cat([channel_means[c] for _, c in parts])
+    if not torch.allclose(joined, channel_means[name], rtol=1e-4, atol=1e-5):
+        return ()
+    branches, start = [], 0
+    for _, child in parts:
+        stop = start + seen[child][1][1]
+        branches.append(Branch(child, start, stop))
+        start = stop
+    return tuple(branches)
+
+
+def default_main_layers(network: nn.Module) -> list[str] | None:
+    """Block-level layers, as the built-ins list theirs: the network's children, with lists of blocks
+    (nn.Sequential / nn.ModuleList of modules that have children, such as ResNet's layer1 or a ViT's
+    encoder layers) opened up, and a top-level Sequential of plain layers (VGG's ``features``) too."""
+    def is_list(m):
+        return isinstance(m, (nn.Sequential, nn.ModuleList))
+
+    def blocks(m):
+        return sum(1 for c in m.children() if any(True for _ in c.children()))
+
+    out: list[str] = []
+
+    def visit(module: nn.Module, prefix: str, depth: int) -> None:
+        for child_name, child in module.named_children():
+            name = f"{prefix}{child_name}"
+            if not any(True for _ in child.children()):
+                out.append(name)
+            elif is_list(child) and (depth == 0 or blocks(child) >= 2):
+                visit(child, name + ".", depth + 1)
+            elif not is_list(child) and any(is_list(c) and blocks(c) >= 3 for c in child.children()):
+                visit(child, name + ".", depth + 1)
+            else:
+                out.append(name)
+
+    visit(network, "", 0)
+    return out or None

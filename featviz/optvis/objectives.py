@@ -56,6 +56,15 @@ class Objective:
             raise FeatvizError(f"objective {self.description!r} must return one value per image, got {tuple(value.shape)}")
         return value
 
+    @property
+    def class_index(self) -> int | None:
+        """The class this objective scores when it is about one class alone (``logit:N``, ``prob:N``,
+        ``2 * logit:N``), else None. Read from its units, never from the description."""
+        classes = {unit.channel for unit in self.units if unit.layer == LOGITS}
+        if len(classes) == 1 and all(unit.layer == LOGITS for unit in self.units):
+            return classes.pop()
+        return None
+
     def validate(self, model: ModelOrganism) -> "Objective":
         """Raise a clear error if a layer, channel or class does not exist in ``model``."""
         for unit in self.units:
@@ -111,12 +120,13 @@ class Objective:
     def sum(objectives: Sequence["Objective"]) -> "Objective":
         if not objectives:
             raise FeatvizError("cannot sum an empty list of objectives")
-        objs = list(objectives)
-        layers = [l for o in objs for l in o.layers]
-        units = [u for o in objs for u in o.units]
-        desc = " + ".join(o.description for o in objs) if len(objs) <= 4 else f"sum of {len(objs)} objectives"
-        return Objective(lambda acts, n: torch.stack([o(acts, n) for o in objs]).sum(0), layers, desc, units,
-                         all(o.rowwise for o in objs))
+        terms = list(objectives)
+        layers = [layer for term in terms for layer in term.layers]
+        units = [unit for term in terms for unit in term.units]
+        description = (" + ".join(term.description for term in terms) if len(terms) <= 4
+                       else f"sum of {len(terms)} objectives")
+        return Objective(lambda acts, n: torch.stack([term(acts, n) for term in terms]).sum(0), layers,
+                         description, units, all(term.rowwise for term in terms))
 
     def only(self, index: int) -> "Objective":
         """Count this objective for batch element ``index`` alone (zero elsewhere)."""
@@ -143,9 +153,11 @@ def _as_objective(x) -> Objective:
     raise TypeError(f"cannot combine an objective with {type(x).__name__}")
 
 
-def _spatial(acts: Activations, layer: str) -> torch.Tensor:
+def spatial(acts: Activations, layer: str) -> torch.Tensor:
+    """The activations of ``layer`` as (B, C, H, W); a linear layer's (B, C) becomes 1x1, so channel
+    objectives work on it too."""
     a = acts[layer]
-    if a.dim() == 2:  # (B, C): treat as 1x1 spatial so channel objectives work on linear layers too
+    if a.dim() == 2:
         a = a[:, :, None, None]
     return a
 
@@ -154,25 +166,35 @@ def _spatial(acts: Activations, layer: str) -> torch.Tensor:
 
 def channel(layer: str, index: int) -> Objective:
     """Mean activation of one channel over all positions."""
-    return Objective(lambda acts, n: _spatial(acts, layer)[:, index].mean((1, 2)), [layer],
+    return Objective(lambda acts, n: spatial(acts, layer)[:, index].mean((1, 2)), [layer],
                      f"channel {layer}:{index}", [Unit(layer, index)])
 
 
 def neuron(layer: str, index: int, x: int | None = None, y: int | None = None) -> Objective:
-    """Activation of one channel at one position (the centre by default)."""
+    """Activation of one channel at one position (the centre by default).
+
+    A position outside the layer's grid at the image size rendered is an error (never clamped or
+    wrapped: the settings would name a neuron that was not the one optimized)."""
+    for name, value in (("x", x), ("y", y)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise FeatvizError(f"neuron position {name} must be a whole number >= 0, got {value!r}")
+
     def fn(acts, n):
-        a = _spatial(acts, layer)
-        h, w = a.shape[-2:]
-        yy = h // 2 if y is None else min(y, h - 1)
-        xx = w // 2 if x is None else min(x, w - 1)
-        return a[:, index, yy, xx]
+        a = spatial(acts, layer)
+        height, width = a.shape[-2:]
+        row = height // 2 if y is None else y
+        column = width // 2 if x is None else x
+        if row >= height or column >= width:
+            raise FeatvizError(f"neuron position x={column}, y={row} is outside {layer}'s {width}x{height} grid "
+                               f"at this image size (x 0-{width - 1}, y 0-{height - 1})")
+        return a[:, index, row, column]
     pos = "centre" if x is None and y is None else f"x={x}, y={y}"
     return Objective(fn, [layer], f"neuron {layer}:{index} @ {pos}", [Unit(layer, index)])
 
 
 def deepdream(layer: str) -> Objective:
     """Mean squared activation of a whole layer (DeepDream)."""
-    return Objective(lambda acts, n: _spatial(acts, layer).pow(2).mean((1, 2, 3)), [layer],
+    return Objective(lambda acts, n: spatial(acts, layer).pow(2).mean((1, 2, 3)), [layer],
                      f"deepdream {layer}", [Unit(layer)])
 
 
@@ -199,7 +221,7 @@ def direction(layer: str, vector: Sequence[float] | torch.Tensor) -> Objective:
     unit_vec = vec / vec.norm()
 
     def fn(acts, n):
-        a = _spatial(acts, layer)
+        a = spatial(acts, layer)
         if a.shape[1] != unit_vec.numel():
             raise FeatvizError(f"direction has {unit_vec.numel()} values but layer '{layer}' has {a.shape[1]} channels")
         v = unit_vec.to(a.device, a.dtype)
@@ -212,7 +234,7 @@ def diversity(layer: str) -> Objective:
     of its Gram (style) matrix to the other images'. Add it, scaled, to another
     objective to get several different solutions for one unit."""
     def fn(acts, n):
-        a = _spatial(acts, layer)
+        a = spatial(acts, layer)
         rows, c = a.shape[:2]
         if n < 2:
             return a.new_zeros(rows)
@@ -250,7 +272,7 @@ def batched_channels(layer_channels: Sequence[tuple[str, int]], kind: str = "cha
         rows_total = next(iter(acts.values())).shape[0]
         values = None
         for layer, members in by_layer.items():
-            a = _spatial(acts, layer)
+            a = spatial(acts, layer)
             dev = a.device
             images = torch.tensor([i for i, _ in members], device=dev)
             chans = torch.tensor([c for _, c in members], device=dev)
@@ -258,8 +280,8 @@ def batched_channels(layer_channels: Sequence[tuple[str, int]], kind: str = "cha
             rows = (torch.arange(views, device=dev)[:, None] * n + images[None, :]).flatten()
             picked = a[rows, chans.repeat(views)]  # (views * members, H, W)
             if kind == "neuron":
-                h, w = picked.shape[-2:]
-                v = picked[:, h // 2, w // 2]
+                height, width = picked.shape[-2:]
+                v = picked[:, height // 2, width // 2]
             else:
                 v = picked.mean((1, 2))
             if values is None:
@@ -323,14 +345,15 @@ def _parse_term(term: str, spec: str) -> Objective:
     if head in ("dream", "deepdream", "layer"):
         return deepdream(rest)
     if head == "neuron":
-        layer, _, ch = rest.rpartition(":")
-        ch, _, at = ch.partition("@")
-        if at:
-            x, _, y = at.partition(",")
-            return neuron(layer, _parse_int(ch, "channel", spec), _parse_int(x, "x", spec), _parse_int(y, "y", spec))
-        return neuron(layer, _parse_int(ch, "channel", spec))
-    layer, _, ch = term.rpartition(":")
-    return channel(layer, _parse_int(ch, "channel", spec))
+        layer, _, channel_text = rest.rpartition(":")
+        channel_text, _, position = channel_text.partition("@")
+        if position:
+            x, _, y = position.partition(",")
+            return neuron(layer, _parse_int(channel_text, "channel", spec), _parse_int(x, "x", spec),
+                          _parse_int(y, "y", spec))
+        return neuron(layer, _parse_int(channel_text, "channel", spec))
+    layer, _, channel_text = term.rpartition(":")
+    return channel(layer, _parse_int(channel_text, "channel", spec))
 
 
 def as_objective(target, model: ModelOrganism | None = None) -> Objective:

@@ -10,34 +10,70 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Callable, Sequence
 
 import torch
-from torch import nn
 
 from ..errors import FeatvizError, NonFiniteLossError
-from ..imageio import grid, save_gif, save_png, to_pil
+from ..imageio import grid, save_gif, save_image, to_pil
 from ..models.organism import ModelOrganism
+from . import memory
+from .axes import OPTIMIZERS  # noqa: F401  (where callers found the table before it moved to axes)
+from .axes import (build_optimizer, build_param, build_schedule, build_transforms, check_axis, check_built_param,
+                   describe, is_built_param)
+from .dead_units import DeadStartRedirect
 from .objectives import Objective, as_objective, batched_channels
-from .param import make_param
-from .transforms import TransformSpec, get_spec
+from .transforms import TransformSpec
+
+MAX_STEPS = 100_000
+MAX_BATCH = 4096
+
+
+def check_integer(name: str, value, low: int, high: int) -> int:
+    """``value`` as an int in [low, high], or one line saying what is wrong (floats and bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise FeatvizError(f"{name} must be a whole number, got {value!r}")
+    if not low <= value <= high:
+        raise FeatvizError(f"{name} must be between {low} and {high}, got {value}")
+    return int(value)
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """Settings of one render; presets below, override any field per call."""
+    """How to optimize: presets below, override any field per call (``render(..., steps=64)``).
+
+    ``param``, ``transforms``, ``optimizer`` and ``lr_schedule`` take a name
+    from their table or an object of your own (see ``featviz.optvis.axes``):
+    ``Recipe("mine", steps=256, optimizer=functools.partial(torch.optim.SGD, momentum=0.9))``.
+    """
 
     name: str = "default"
     steps: int = 96
     lr: float = 0.05
-    optimizer: str = "adam"
-    param: str = "fourier"
+    optimizer: str | Callable[..., torch.optim.Optimizer] = "adam"
+    param: str | Callable = "fourier"
     decorrelate: bool = True
     decay: float = 1.0
-    transforms: str | TransformSpec = "multicrop"
-    lr_schedule: str = "cosine"  # constant | cosine (decay to 10 % of lr: settles the fine detail)
+    transforms: str | TransformSpec | Callable = "multicrop"
+    lr_schedule: str | Callable = "cosine"  # constant | cosine (decay to 10 % of lr: settles the fine detail)
+    max_rows: int | None = None  # rows (views x images) per forward pass; None: 16 on a CPU, 512 on a GPU
+
+    def __post_init__(self):
+        check_integer("steps", self.steps, 1, MAX_STEPS)
+        if isinstance(self.lr, bool) or not isinstance(self.lr, numbers.Real) or not (
+                self.lr > 0 and math.isfinite(self.lr)):
+            raise FeatvizError(f"learning rate must be a positive number, got {self.lr!r}")
+        if self.max_rows is not None:
+            check_integer("max_rows", self.max_rows, 1, 1 << 20)
+        for axis in ("param", "transforms", "optimizer", "lr_schedule"):
+            check_axis(axis, getattr(self, axis))
+
+    def describe(self) -> dict:
+        """The recipe as JSON-friendly settings (objects of your own by their name)."""
+        return {f.name: describe(getattr(self, f.name)) for f in fields(self)}
 
 
 RECIPES = {
@@ -56,9 +92,6 @@ RECIPES = {
     # Quick previews (tests, the microscope's quick mode).
     "quick": Recipe("quick", steps=32, lr=0.08),
 }
-
-OPTIMIZERS: dict[str, Callable] = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
-                                   "nadam": torch.optim.NAdam}
 
 
 @dataclass
@@ -84,14 +117,15 @@ class RenderResult:
         return grid(self.pils(), columns=columns, labels=labels)
 
     def save(self, path, i: int | None = None):
-        """Save image ``i`` (or a contact sheet of all when ``i`` is None and N > 1) as PNG with settings."""
+        """Save image ``i`` (or a contact sheet of all when ``i`` is None and N > 1) with its settings,
+        in the format the file name's extension names (see ``featviz.imageio.save_image``)."""
         if i is None and len(self) > 1:
-            return save_png(self.sheet(), path, self.settings)
+            return save_image(self.sheet(), path, self.settings)
         i = i or 0
-        return save_png(self.pil(i), path, {**self.settings, "batch_index": i})
+        return save_image(self.pil(i), path, {**self.settings, "batch_index": i})
 
     def save_gif(self, path, i: int = 0, duration_ms: int = 80):
-        frames = [to_pil(self.snapshots[s][i]) for s in sorted(self.snapshots)]
+        frames = [to_pil(self.snapshots[step][i]) for step in sorted(self.snapshots)]
         return save_gif(frames, path, duration_ms, self.settings)
 
     def _repr_png_(self):  # inline display in Jupyter
@@ -100,137 +134,142 @@ class RenderResult:
         return buf.getvalue()
 
 
-def render(model: ModelOrganism, objective: Objective | str, *, size: int | None = None, batch: int = 1,
-           recipe: str | Recipe = "auto", steps: int | None = None, lr: float | None = None,
-           param: str | None = None, transforms: str | TransformSpec | None = None, optimizer: str | None = None,
-           seed: int = 0, init_image: torch.Tensor | None = None, alpha: bool = False,
-           snapshot_every: int | None = None, thresholds: Sequence[int] = (), progress: bool = False,
-           callback: Callable[[int, float], None] | None = None, max_rows: int | None = None) -> RenderResult:
+def render(model: ModelOrganism, objective: Objective | str, *, recipe: str | Recipe = "auto",
+           size: int | None = None, batch: int = 1, seed: int = 0, init_image: torch.Tensor | None = None,
+           alpha: bool = False, snapshots: int | Sequence[int] | None = None, progress: bool = False,
+           callback: Callable[[int, float], None] | None = None, **overrides) -> RenderResult:
     """Optimize an image (or a batch) to maximize ``objective``.
 
     ``objective``: an ``Objective`` or shorthand such as ``"blocks.8:12"``,
     ``"logit:309"``, ``"prob:309"``, ``"dream:blocks.5"``.
+    ``recipe``: a ``Recipe`` or the name of one in ``RECIPES``: ``auto``
+    (``default`` for class objectives, ``sharp`` for units: what
+    bench_render.py measured best for each) | ``default`` | ``sharp`` |
+    ``lucid`` | ``maco`` | ``quick``. ``overrides`` replace fields of the
+    recipe for this call: ``steps``, ``lr``, ``param``, ``transforms``,
+    ``optimizer``, ``lr_schedule``... each a name or an object of your own
+    (see ``featviz.optvis.axes``).
     ``size``: side in pixels (default: the model's input size).
-    ``recipe``: ``auto`` (``default`` for class objectives, ``sharp`` for units:
-    what bench_render.py measured best for each) | ``default`` | ``sharp`` |
-    ``lucid`` | ``maco`` | ``quick``; ``steps``, ``lr``,
-    ``param`` (pixel | fourier | maco), ``transforms`` (multicrop | lucid | none)
-    and ``optimizer`` override it. ``init_image``: start from a photo
-    (DeepDream / caricature). ``alpha``: add a transparency channel,
+    ``init_image``: start from a photo (3, H, W) or (1 or batch, 3, H, W) in
+    [0, 1] (DeepDream / caricature). ``alpha``: add a transparency channel,
     composited on random backgrounds during optimization.
-    ``thresholds`` / ``snapshot_every``: keep intermediate images (for a GIF).
+    ``snapshots``: keep intermediate images (for a GIF): every N steps for an
+    int N, or at the given steps. ``callback(step, value)`` runs after every step.
     Ctrl-C stops early and returns the last image with ``interrupted=True``.
     """
+    check_precision(model)
     objective = as_objective(objective, model)
-    if recipe == "auto":
-        recipe = auto_recipe(objective)
-    recipe = RECIPES[recipe] if isinstance(recipe, str) and recipe in RECIPES else recipe
-    if not isinstance(recipe, Recipe):
-        raise FeatvizError(f"unknown recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
-    overrides = {k: v for k, v in dict(steps=steps, lr=lr, param=param, transforms=transforms,
-                                       optimizer=optimizer).items() if v is not None}
-    recipe = replace(recipe, **overrides)
-    _check_settings(recipe, batch)
-    size = int(size or model.input_size)
-    if size < 16 or size > 4096:
-        raise FeatvizError(f"size must be between 16 and 4096 px, got {size}")
+    recipe = resolve_recipe(recipe, objective, overrides)
+    batch = check_integer("batch", batch, 1, MAX_BATCH)
+    seed = check_seed(seed)
+    size = _check_size(model, recipe, batch, size, alpha)
     device = model.device
-    generator = torch.Generator(device=device).manual_seed(int(seed))
-
-    if init_image is not None:
-        init_image = init_image.to(device)
-    extra = {"decay": recipe.decay} if recipe.param == "fourier" else {}
-    image_param = make_param(recipe.param, batch, size, generator=generator, device=device,
-                             decorrelate=recipe.decorrelate, alpha=alpha, init=init_image, **extra)
-    spec = get_spec(recipe.transforms)
-    # Jitter/pad are in pixels tuned for ~128 px; keep their relative size at other sizes.
-    if spec.pad or spec.jitter:
-        k = size / 128
-        spec = replace(spec, pad=round(spec.pad * k), jitter=round(spec.jitter * k))
-    augment = spec.build(out_size=size).to(device)
-
+    generator = torch.Generator(device=device).manual_seed(seed)
+    augment, transforms_record = build_transforms(recipe.transforms, size, device)
     # Rows (views x images) per forward pass: CPU convolutions lose cache
     # efficiency past ~16 rows at 128 px, GPUs want big batches.
-    max_rows = max_rows or (16 if device.type == "cpu" else 512)
-    opt_cls = OPTIMIZERS[recipe.optimizer]
-    opt = _optimizer(opt_cls, list(image_param.parameters()), recipe.lr)
-    params = [q for group in opt.param_groups for q in group["params"]]
-    schedule = _schedule(recipe)
-    thresholds = set(int(t) for t in thresholds)
-    if snapshot_every:
-        thresholds |= set(range(snapshot_every, recipe.steps + 1, snapshot_every))
-
+    max_rows = recipe.max_rows or (16 if device.type == "cpu" else 512)
+    _check_memory(model, objective, batch, int(getattr(augment, "views", 1)), max_rows, 4 if alpha else 3, size)
+    image_param = build_param(recipe.param, batch, size, generator=generator, device=device,
+                              decorrelate=recipe.decorrelate, decay=recipe.decay, alpha=alpha,
+                              init=_check_init_image(init_image, recipe, batch, device))
     settings = {
-        "model": model.name, "objective": objective.description, "size": size, "batch": batch, "seed": int(seed),
-        "recipe": asdict(recipe) | {"transforms": asdict(spec)}, "alpha": alpha,
-        "init_image": init_image is not None, "featviz": _version(), "torch": torch.__version__,
+        "model": model.name, "objective": objective.description, "size": size, "batch": batch, "seed": seed,
+        "recipe": recipe.describe() | {"transforms": transforms_record}, "alpha": alpha,
+        "init_image": init_image is not None, "featviz": version(), "torch": torch.__version__,
     }
-    result = RenderResult(images=torch.empty(0), settings=settings)
-    bar = _progress(recipe.steps, objective.description) if progress else None
-    start = time.perf_counter()
-    def forward_backward():
-        """Make the images, take robust views, backpropagate the objective."""
-        for q in params:  # what zero_grad(set_to_none=True) does, without its profiler bookkeeping
-            q.grad = None
-        images = image_param()
-        rgb = _composite(images, generator) if alpha else images
-        return images, _objective_backward(model, objective, augment(rgb, generator), batch, max_rows)
+    loop = _Optimization(model, objective, recipe, image_param, augment, generator, batch, max_rows, alpha)
+    return loop.run(RenderResult(images=torch.empty(0), settings=settings), _snapshot_steps(snapshots, recipe.steps),
+                    _progress(recipe.steps, objective.description) if progress else None, callback)
 
-    last_good = None
-    redirect = _RedirectedReLU(model)
-    last_values = torch.zeros(batch)
-    try:
-        for step in range(1, recipe.steps + 1):
-            # Redirect while some image's objective is still exactly zero (a dead
-            # unit), for at most half of the steps; see the dead-start check below.
-            redirect.active = redirect.enabled and step <= recipe.steps // 2 and bool((last_values == 0).any())
-            for group in opt.param_groups:
-                group["lr"] = recipe.lr * schedule(step - 1)
-            images, per_image = forward_backward()
-            # One device-to-host copy per step (each one waits for the GPU): the values serve the
-            # NaN check, the history and the dead-unit test.
-            last_values = per_image.detach().cpu()
-            value = float(last_values.sum())
-            if not math.isfinite(value):
-                result.images = (last_good if last_good is not None else images.detach()).cpu()
-                raise NonFiniteLossError(
-                    f"the objective became {value} at step {step} ({objective.description}); "
-                    "try a lower --lr or another objective")
-            if step == 1 and _dead_images(image_param, batch):
-                # Some image has no gradient at all: its unit sits behind a ReLU that is
-                # off everywhere on the grey start. Let gradients through those ReLUs
-                # (towards switching them on) until it fires, then run as usual.
-                redirect.install()
-                redirect.enabled = redirect.active = True
-                images, per_image = forward_backward()
-                last_values = per_image.detach().cpu()
-                value = float(last_values.sum())
-            opt.step()
-            if redirect.active:
-                redirect.steps += 1
-                settings["redirected_relu_steps"] = redirect.steps
-            result.history.append(value)
-            last_good = images.detach()
-            if step in thresholds:
-                result.snapshots[step] = last_good.cpu()
-            if bar is not None:
-                bar.set_postfix_str(f"objective {value:.3g}", refresh=False)
-                bar.update(1)
-            if callback is not None:
-                callback(step, value)
-    except KeyboardInterrupt:
-        result.interrupted = True
-    finally:
-        redirect.remove()
-        if bar is not None:
-            bar.close()
-    with torch.no_grad():
-        final = image_param().detach()
-    result.images = final.cpu()
-    settings["steps_done"] = len(result.history)
-    settings["seconds"] = round(time.perf_counter() - start, 3)
-    settings["final_objective"] = result.history[-1] if result.history else None
-    return result
+
+class _Optimization:
+    """The loop of one render: make the images, take robust views, follow the objective's gradient."""
+
+    def __init__(self, model, objective, recipe, image_param, augment, generator, batch, max_rows, alpha):
+        self.model, self.objective, self.recipe = model, objective, recipe
+        self.image_param, self.augment, self.generator = image_param, augment, generator
+        self.batch, self.max_rows, self.alpha = batch, max_rows, alpha
+        self.optimizer = build_optimizer(recipe.optimizer, list(image_param.parameters()), recipe.lr)
+        self.schedule = build_schedule(recipe.lr_schedule, self.optimizer, recipe.steps)
+        self.params = [tensor for group in self.optimizer.param_groups for tensor in group["params"]]
+
+    def forward_backward(self):
+        """Make the images, take robust views, backpropagate the objective."""
+        for tensor in self.params:  # what zero_grad(set_to_none=True) does, without its profiler bookkeeping
+            tensor.grad = None
+        images = self.image_param()
+        rgb = _composite(images, self.generator) if self.alpha else images
+        views = self.augment(rgb, self.generator)
+        if views.shape[0] % self.batch:
+            raise FeatvizError(f"the transforms made {views.shape[0]} rows from {self.batch} images: "
+                               "they must return whole views (a multiple of the batch)")
+        return images, _objective_backward(self.model, self.objective, views, self.batch, self.max_rows)
+
+    def run(self, result: RenderResult, snapshot_steps: set[int], bar, callback) -> RenderResult:
+        steps, settings, description = self.recipe.steps, result.settings, self.objective.description
+        last_good = None
+        last_values = torch.zeros(self.batch)
+        start = time.perf_counter()
+        with DeadStartRedirect(self.model, steps) as redirect:
+            try:
+                for step in range(1, steps + 1):
+                    redirect.before_step(step, last_values)
+                    images, per_image = self.forward_backward()
+                    # One device-to-host copy per step (each one waits for the GPU): the values serve the
+                    # NaN check, the history and the dead-unit test.
+                    last_values = per_image.detach().cpu()
+                    value = float(last_values.sum())
+                    if not math.isfinite(value):
+                        result.images = (last_good if last_good is not None else images.detach()).cpu()
+                        raise NonFiniteLossError(f"the objective became {value} at step {step} ({description}); "
+                                                 "try a lower --lr or another objective")
+                    if step == 1 and redirect.start_if_dead(self.params, self.batch):
+                        images, per_image = self.forward_backward()
+                        last_values = per_image.detach().cpu()
+                        value = float(last_values.sum())
+                    self.optimizer.step()
+                    if self.schedule is not None:
+                        self.schedule.step()
+                    redirect.after_step()
+                    result.history.append(value)
+                    last_good = images.detach()
+                    if step in snapshot_steps:
+                        result.snapshots[step] = last_good.cpu()
+                    if bar is not None:
+                        bar.set_postfix_str(f"objective {value:.3g}", refresh=False)
+                        bar.update(1)
+                    if callback is not None:
+                        callback(step, value)
+            except KeyboardInterrupt:
+                result.interrupted = True
+            finally:
+                if bar is not None:
+                    bar.close()
+        if redirect.steps:
+            settings["redirected_relu_steps"] = redirect.steps
+        with torch.no_grad():
+            result.images = self.image_param().detach().cpu()
+        settings["steps_done"] = len(result.history)
+        settings["seconds"] = round(time.perf_counter() - start, 3)
+        settings["final_objective"] = result.history[-1] if result.history else None
+        return result
+
+
+def resolve_recipe(recipe: str | Recipe, objective: Objective, overrides: dict) -> Recipe:
+    """The recipe a render uses: a name (``auto`` chooses by objective) or a ``Recipe``, with ``overrides``."""
+    if isinstance(recipe, str) and recipe == "auto":
+        recipe = auto_recipe(objective)
+    if isinstance(recipe, str) and recipe in RECIPES:
+        recipe = RECIPES[recipe]
+    if not isinstance(recipe, Recipe):
+        raise FeatvizError(f"unknown recipe {recipe!r}: choose one of auto, {', '.join(RECIPES)} or pass a Recipe")
+    unknown = set(overrides) - {f.name for f in fields(Recipe)} - {"name"}
+    if unknown:
+        raise FeatvizError(f"render() got unknown settings {', '.join(sorted(unknown))}; recipe fields are "
+                           f"{', '.join(f.name for f in fields(Recipe) if f.name != 'name')}")
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return replace(recipe, **given) if given else recipe
 
 
 def auto_recipe(objective: Objective) -> str:
@@ -249,27 +288,28 @@ def render_units(model: ModelOrganism, units: Sequence[tuple[str, int]], *, batc
     ``kind``: channel | neuron | negative. Returns one single-image result per unit,
     each with its own settings (objective, batch index and seed of its batch).
     """
-    if batch_size < 1:
-        raise FeatvizError("batch size must be at least 1")
-    for layer, ch in units:
-        model.check_channel(layer, ch)
-    out: list[RenderResult] = []
+    batch_size = check_integer("batch size", batch_size, 1, MAX_BATCH)
+    for layer, channel_index in units:
+        model.check_channel(layer, channel_index)
+    results: list[RenderResult] = []
     chunks = [units[i:i + batch_size] for i in range(0, len(units), batch_size)]
     iterator = chunks
     if progress:
         iterator = _progress(len(chunks), f"{len(units)} units in batches of {batch_size}", unit="batch")(chunks)
     for chunk in iterator:
         objective = batched_channels(list(chunk), kind)
-        res = render(model, objective, batch=len(chunk), seed=seed, **kwargs)
-        for i, (layer, ch) in enumerate(chunk):
-            desc = {"channel": f"channel {layer}:{ch}", "neuron": f"neuron {layer}:{ch} @ centre",
-                    "negative": f"-1 * channel {layer}:{ch}"}[kind]
-            settings = dict(res.settings, objective=desc, batch_index=i)
-            snaps = {s: v[i:i + 1] for s, v in res.snapshots.items()}
-            out.append(RenderResult(res.images[i:i + 1], settings, res.history, snaps, res.interrupted))
-        if res.interrupted:
+        batch_result = render(model, objective, batch=len(chunk), seed=seed, **kwargs)
+        for i, (layer, channel_index) in enumerate(chunk):
+            description = {"channel": f"channel {layer}:{channel_index}",
+                           "neuron": f"neuron {layer}:{channel_index} @ centre",
+                           "negative": f"-1 * channel {layer}:{channel_index}"}[kind]
+            settings = dict(batch_result.settings, objective=description, batch_index=i)
+            snapshots = {step: images[i:i + 1] for step, images in batch_result.snapshots.items()}
+            results.append(RenderResult(batch_result.images[i:i + 1], settings, batch_result.history, snapshots,
+                                        batch_result.interrupted))
+        if batch_result.interrupted:
             break
-    return out
+    return results
 
 
 def _objective_backward(model: ModelOrganism, objective: Objective, views: torch.Tensor, batch: int,
@@ -293,78 +333,14 @@ def _objective_backward(model: ModelOrganism, objective: Objective, views: torch
         return per_image.detach()
     leaf = views.detach().requires_grad_(True)
     per_image = views.new_zeros(batch)
-    for k in range(0, n_views, per_group):
-        part = leaf[k * batch:(k + per_group) * batch]
+    for first_view in range(0, n_views, per_group):
+        part = leaf[first_view * batch:(first_view + per_group) * batch]
         values = objective(model.activations(part, objective.layers), batch)
         part_sum = values.reshape(-1, batch).sum(0) / n_views
         (-part_sum.sum()).backward()
         per_image += part_sum.detach()
     views.backward(leaf.grad)
     return per_image
-
-
-def _dead_images(image_param: nn.Module, batch: int) -> bool:
-    """True if the gradient of some image of the batch is exactly zero."""
-    grad = next(image_param.parameters()).grad
-    if grad is None:
-        return True
-    return bool((grad.reshape(batch, -1).abs().sum(1) == 0).any())
-
-
-class _RedirectGrad(torch.autograd.Function):
-    """Clamp to [lo, hi] forward; backward also passes gradients that would move
-    an input from outside the range back into it (Lucid's "redirected ReLU")."""
-
-    @staticmethod
-    def forward(ctx, x, lo, hi):
-        ctx.save_for_backward(x)
-        ctx.lo, ctx.hi = lo, hi
-        return x.clamp(lo, hi)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        inside = (x > ctx.lo) & (x < ctx.hi)
-        normal = grad * inside
-        # Only where the true gradient is zero for a whole image (a dead unit) do we
-        # pass the gradients that would switch it on; elsewhere the true gradient
-        # stands, so live ReLUs keep their gating. grad is d(loss)/d(out): a
-        # negative value asks for a larger output.
-        towards = ((x <= ctx.lo) & (grad < 0)) | ((x >= ctx.hi) & (grad > 0))
-        dead_rows = normal.flatten(1).abs().sum(1) == 0
-        dead = dead_rows.view(-1, *([1] * (x.dim() - 1)))
-        return torch.where(dead, grad * (inside | towards), normal), None, None
-
-
-class _RedirectedReLU:
-    """Forward hooks that swap ReLU / ReLU6 gradients for redirected ones while active."""
-
-    def __init__(self, model: ModelOrganism):
-        self.active = self.enabled = False
-        self.steps, self.handles = 0, []
-        self.model = model
-
-    def install(self):
-        """Hook the ReLUs, only once a dead start is found: idle hooks on every ReLU
-        would cost a Python call each per forward pass."""
-        if self.handles:
-            return
-        for module in self.model.network.modules():
-            if isinstance(module, (nn.ReLU, nn.ReLU6)):
-                hi = 6.0 if isinstance(module, nn.ReLU6) else float("inf")
-                self.handles.append(module.register_forward_hook(self._hook(hi)))
-
-    def _hook(self, hi):
-        def hook(_module, inputs, output):
-            if self.active and torch.is_grad_enabled():
-                return _RedirectGrad.apply(inputs[0], 0.0, hi)
-            return None
-        return hook
-
-    def remove(self):
-        for h in self.handles:
-            h.remove()
-        self.handles = []
 
 
 def _composite(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -380,39 +356,78 @@ def _composite(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor
     return rgb * a + background * (1 - a)
 
 
-def _optimizer(opt_cls, params: list, lr: float) -> torch.optim.Optimizer:
-    """The fused implementation where torch has one for this optimizer and device (one pass over
-    the parameters instead of about ten), else the default."""
-    try:
-        return opt_cls(params, lr=lr, fused=True)
-    except (TypeError, RuntimeError, ValueError):
-        return opt_cls(params, lr=lr)
+def check_seed(seed) -> int:
+    """A seed torch's generators accept: an integer in [-2**63, 2**64 - 1]."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise FeatvizError(f"seed must be a whole number, got {seed!r}")
+    if not -(1 << 63) <= seed < (1 << 64):
+        raise FeatvizError(f"seed must be between -2**63 and 2**64 - 1 ({(1 << 64) - 1}), got {seed}")
+    return int(seed)
 
 
-def _schedule(recipe: Recipe) -> Callable[[int], float]:
-    if recipe.lr_schedule == "constant":
-        return lambda i: 1.0
-    if recipe.lr_schedule == "cosine":
-        n = max(recipe.steps - 1, 1)
-        return lambda i: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * i / n))
-    raise FeatvizError(f"unknown lr schedule {recipe.lr_schedule!r}: constant or cosine")
+def check_precision(model: ModelOrganism) -> None:
+    """The images are float32 and a float64 model promotes them; a half-precision model would meet float32
+    images in its first layer, so it is refused before any step."""
+    dtypes = {tensor.dtype for tensor in model.parameters() if tensor.is_floating_point()}
+    other = dtypes - {torch.float32, torch.float64}
+    if other:
+        names = ", ".join(sorted(str(d).removeprefix("torch.") for d in other))
+        raise FeatvizError(f"render needs a float32 (or float64) model, but {model.name} has {names} weights; "
+                           "call model.float() first")
 
 
-def _check_settings(recipe: Recipe, batch: int) -> None:
-    if recipe.steps < 1 or recipe.steps > 100_000:
-        raise FeatvizError(f"steps must be between 1 and 100000, got {recipe.steps}")
-    if not (recipe.lr > 0 and math.isfinite(recipe.lr)):
-        raise FeatvizError(f"learning rate must be a positive number, got {recipe.lr}")
-    if recipe.optimizer not in OPTIMIZERS:
-        raise FeatvizError(f"unknown optimizer '{recipe.optimizer}': choose one of {', '.join(OPTIMIZERS)}")
-    if batch < 1 or batch > 4096:
-        raise FeatvizError(f"batch must be between 1 and 4096, got {batch}")
+def _check_size(model: ModelOrganism, recipe: Recipe, batch: int, size, alpha: bool) -> int:
+    """The image side: ``size``, the model's input size, or what a built parameterization makes."""
+    if size is not None:
+        size = check_integer("size", size, 16, 4096)
+    if is_built_param(recipe.param):
+        return check_built_param(recipe.param, batch, alpha, size)
+    return model.input_size if size is None else size
 
 
-def _progress(total: int, desc: str, unit: str = "step"):
+def _check_memory(model: ModelOrganism, objective: Objective, batch: int, views: int, max_rows: int,
+                  channels: int, size: int) -> None:
+    """Refuse, before the parameterization is allocated, a render that cannot fit in the device's memory."""
+    rows = memory.rows_per_pass(batch, views, max_rows, objective.rowwise)
+    needed = memory.render_bytes(model, objective.layers, batch=batch, views=views, rows=rows, channels=channels,
+                                 size=size)
+    memory.check_fits(needed, model.device, f"a render of {batch} image{'s' * (batch > 1)} at {size} px "
+                                            f"({rows} rows per forward pass)")
+
+
+def _check_init_image(init_image, recipe: Recipe, batch: int, device: torch.device) -> torch.Tensor | None:
+    """A start image (3, H, W) or (1 or batch, 3, H, W), on the model's device; one line for anything else."""
+    if init_image is None:
+        return None
+    if not isinstance(init_image, torch.Tensor):
+        raise FeatvizError(f"init_image must be a torch tensor (3, H, W) in [0, 1], got {type(init_image).__name__}"
+                           "; for a photo file use model.preprocess(path)")
+    if is_built_param(recipe.param):
+        raise FeatvizError("init_image needs a named parameterization (pixel or fourier); "
+                           "a parameterization of your own starts where you built it")
+    shape = tuple(init_image.shape)
+    image = init_image[None] if init_image.dim() == 3 else init_image
+    if image.dim() != 4 or image.shape[1] != 3 or image.shape[0] not in (1, batch) or min(image.shape[-2:]) < 1:
+        raise FeatvizError(f"init_image must be (3, H, W) or (N, 3, H, W) with N = 1 or the batch ({batch}), "
+                           f"got shape {shape}")
+    if not image.is_floating_point():
+        raise FeatvizError(f"init_image must hold floats in [0, 1], got {str(image.dtype).removeprefix('torch.')}")
+    return image.to(device=device, dtype=torch.float32)
+
+
+def _snapshot_steps(snapshots, steps: int) -> set[int]:
+    if snapshots is None:
+        return set()
+    if isinstance(snapshots, numbers.Integral) and not isinstance(snapshots, bool):
+        every = check_integer("snapshot interval", snapshots, 1, MAX_STEPS)
+        return set(range(every, steps + 1, every))
+    return {check_integer("snapshot step", step, 1, MAX_STEPS) for step in snapshots}
+
+
+def _progress(total: int, description: str, unit: str = "step"):
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc=desc[:40], unit=unit, leave=False)
+    bar = tqdm(total=total, desc=description[:40], unit=unit, leave=False)
 
     class _Bar:
         def __init__(self):
@@ -430,11 +445,12 @@ def _progress(total: int, desc: str, unit: str = "step"):
     return _Bar()
 
 
-def _version() -> str:
+def version() -> str:
+    """featviz's version, as recorded in image settings."""
     try:
-        from importlib.metadata import version
+        from importlib.metadata import version as package_version
 
-        return version("featviz")
+        return package_version("featviz")
     except Exception:
         return "dev"
 

@@ -74,7 +74,7 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def environment() -> dict:
-    from ..optvis.render import _version
+    from ..optvis.render import version
 
-    return {"featviz": _version(), "torch": torch.__version__, "python": platform.python_version(),
+    return {"featviz": version(), "torch": torch.__version__, "python": platform.python_version(),
             "threads": torch.get_num_threads()}

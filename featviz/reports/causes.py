@@ -99,10 +99,10 @@ def random_boxes(size: int, side: int, avoid, n: int, rng: np.random.Generator) 
     return [boxes[int(i)] for i in sorted(pick)]
 
 
-def causes_report(model, layer: str, unit: int, store, out_dir="report-causes", *, k: int = 6,
+def causes_report(model, unit: tuple[str, int], store, out_dir="report-causes", *, k: int = 6,
                   mask_frac: float = 0.25, seed: int = 0, steps: int = 64, size: int = 128,
                   method: str = "saliency", n_random: int = 3, log=None) -> dict:
-    """Visualization of ``layer:unit``, its top-``k`` dataset examples from ``store`` (by mean
+    """Visualization of ``unit`` (a (layer, channel) pair), its top-``k`` dataset examples from ``store`` (by mean
     activation), and the masking ablation (see the module docstring). Writes ``causes.png``,
     ``causes_plot.png``, ``report.md`` and ``results.json`` under ``out_dir``; returns the results."""
     from ..attribution import attribute
@@ -110,8 +110,8 @@ def causes_report(model, layer: str, unit: int, store, out_dir="report-causes", 
     from ..optvis.render import finished, render
 
     say = log or (lambda msg: None)
-    if not isinstance(model, ModelOrganism):
-        model = load(model)
+    layer, unit = unit
+    model = load(model)
     if not isinstance(store, ExampleStore):
         if not ExampleStore.exists(store):
             raise FeatvizError(f"no examples store at {store}: make one with `featviz examples {model.name} "
