@@ -83,10 +83,13 @@ def transaction(con: sqlite3.Connection):
     try:
         yield con
     except BaseException as exc:
-        # SQLite has already rolled back after some errors (a full disk among them): a second
-        # ROLLBACK would fail with "cannot rollback" and hide the real cause.
+        # SQLite has already rolled back after some errors (SQLITE_FULL...): a second ROLLBACK would
+        # fail with "cannot rollback - no transaction is active" and hide the real error.
         if con.in_transaction:
-            con.execute("ROLLBACK")
+            try:
+                con.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
         if isinstance(exc, sqlite3.OperationalError) and _disk_full(exc):
             raise FeatvizError(f"cannot save: {exc}; free some space and run the same command again "
                                "(what was saved before is kept)") from None

@@ -26,11 +26,9 @@ SETTINGS_KEY = "featviz"  # PNG text chunk that holds the JSON settings
 MAX_PIXELS = 2 * 89_478_485
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file as featviz reads every photo: only its header is read, and a missing or
-    unreadable file, anything but a regular file (a pipe would hang) or an image of more than
-    ``MAX_PIXELS`` (a decompression bomb) is an ``ImageReadError`` line. Use it as a context manager."""
-    path = Path(path)
+def check_regular_file(path) -> None:
+    """Raise ``ImageReadError`` unless ``path`` is a regular file (after links): a FIFO, socket or
+    device named ``*.jpg`` is never opened (opening a FIFO waits for a writer forever)."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -38,7 +36,18 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     except OSError as exc:
         raise ImageReadError(f"cannot read image {path}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(mode):
-        raise ImageReadError(f"cannot read image {path}: it is {_kind_of(mode)}, not a regular file")
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else
+                "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a special file")
+        raise ImageReadError(f"not a regular file ({kind}): {path}")
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file as featviz reads every photo: only its header is read, and a missing or
+    unreadable file, anything but a regular file (``check_regular_file``) or an image of more than
+    ``MAX_PIXELS`` (a decompression bomb) is an ``ImageReadError`` line. Use it as a context manager."""
+    path = Path(path)
+    check_regular_file(path)
     try:
         img = Image.open(path)
     except Image.DecompressionBombError as exc:

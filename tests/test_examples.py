@@ -470,3 +470,24 @@ def test_real_model_compare_sheet(lite_store, tmp_path):
 
     settings = read_settings(tmp_path / "sheet.png")
     assert settings["unit"] == "blocks.5:4" and "render" in settings
+
+
+def test_default_layers_is_one_rule_on_the_organism(model):
+    # spatial main layers of the tiny CNN: c1, r2, c3 (fc has no grid)
+    assert model.default_layers(2) == ["r2", "c3"]  # the ends of two equal slices of the depth
+    assert model.default_layers(2, first=True) == ["c1", "c3"]
+    assert model.default_layers(1) == ["c3"] and model.default_layers(1, first=True) == ["c1"]
+    assert model.default_layers() == ["c1", "r2", "c3"]  # fewer spatial layers than asked: all of them
+    from featviz.examples.plan import parse_layers
+
+    assert parse_layers(model, None) == model.default_layers()
+
+
+def test_weights_digest_follows_the_weights(model):
+    import copy
+
+    other = copy.deepcopy(model)
+    assert other.weights_digest() == model.weights_digest()
+    with torch.no_grad():
+        other.network.c1.bias[0] += 1e-6
+    assert other.weights_digest() != model.weights_digest()

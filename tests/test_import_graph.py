@@ -65,3 +65,12 @@ def test_library_never_imports_the_cli():
     graph = package_graph()
     assert [part for part, targets in graph.items() if "featviz.cli" in targets and part != "featviz.cli"
             and part != "featviz.__main__"] == []
+
+
+def test_library_never_imports_the_server():
+    graph = package_graph()
+    assert [part for part, targets in graph.items() if "featviz.server" in targets
+            and part not in ("featviz.cli", "featviz.server")] == []
+    import featviz.microscope
+
+    assert not hasattr(featviz.microscope, "create_app")

@@ -87,7 +87,7 @@ def test_build_makes_every_page_and_panel(built):
         assert (site / page).is_file(), page
     unit = site / "tiny" / "c2" / "3"
     names = sorted(p.name for p in unit.iterdir())
-    assert names == ["channel.png", "diversity-0.png", "diversity-1.png", "diversity-2.png", "diversity-3.png",
+    assert names == ["caricature.png", "channel.png", "diversity-0.png", "diversity-1.png", "diversity-2.png", "diversity-3.png",
                      "index.html", "negative.png", "neuron.png", "thumb.jpg"]
     with Image.open(unit / "channel.png") as img:
         assert img.size == (32, 32)
@@ -119,7 +119,7 @@ def test_every_link_and_image_of_the_site_resolves(built):
     except the tiles of unbuilt units, which only ``featviz serve`` answers."""
     site, _ = built
     pages = list(site.rglob("index.html"))
-    assert len(pages) == 1 + 1 + 3 + 12
+    assert len(pages) == 1 + 1 + 3 + 12 + 10  # root, model, layers, units, a page per class
     for page in pages:
         html = page.read_text()
         for tag in re.finditer(r'<(a|img|link|script)\b[^>]*>', html):
@@ -160,12 +160,14 @@ def test_rebuild_skips_and_changed_settings_redo_only_what_they_affect(tmp_path,
 
     more_steps = build(model, site, photos, **(TINY | {"steps": 4}))
     assert {k: v for k, v in more_steps.made.items() if v} == {
-        "channel": 12, "neuron": 12, "negative": 12, "diversity": 12, "dream": 3, "class": 3}
+        "channel": 12, "neuron": 12, "negative": 12, "diversity": 12, "dream": 3, "class": 3, "caricature": 12}
     assert more_steps.skipped["examples"] == 12 and more_steps.skipped["classes"] == 12
 
     fewer_examples = build(model, site, photos, **(TINY | {"steps": 4, "k": 2}))
     made = {k: v for k, v in fewer_examples.made.items() if v}
-    assert made == {"examples": 12, "classes": 8}  # c3's classes come from the weights, not the examples
+    # c3's classes come from the weights, not the examples; circuits start at c2, and the caricatures
+    # and the class pages' photos start from the examples
+    assert made == {"examples": 12, "classes": 8, "circuits": 8, "caricature": 12, "class_photos": 1}
 
     # a new unit renders alone; a deleted image is remade
     (site / "tiny" / "c1" / "0" / "neuron.png").unlink()
@@ -345,3 +347,114 @@ def test_lite0_head_reads_out_through_the_classifier(lite0):
     w, name = cls.linear_readout(lite0, "head")
     assert name == "classifier" and torch.equal(w, lite0.network.classifier.weight)
     assert cls.linear_readout(lite0, "blocks.15") is None
+
+
+# -- circuits, caricatures, class pages, comparison ---------------------------------------------------------------
+def linear_mix_model():
+    """c1 -> a 1x1 convolution with nothing after it (a linear route) -> ReLU stage -> classifier."""
+    torch.manual_seed(1)
+    net = nn.Sequential(OrderedDict(
+        c1=nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU()), mix=nn.Conv2d(6, 5, 1),
+        c3=nn.Sequential(nn.ReLU(), nn.Conv2d(5, 7, 3, stride=2, padding=1), nn.ReLU()),
+        pool=nn.AdaptiveAvgPool2d(1), flat=nn.Flatten(), fc=nn.Linear(7, 4)))
+    return from_module(net, name="mix", input_size=32, mean=(0.5,) * 3, std=(0.25,) * 3,
+                       main_layers=["c1", "mix", "c3", "fc"])
+
+
+def test_circuits_exact_route_and_attribution_agree_on_a_linear_layer():
+    from featviz.microscope import circuits
+
+    model = linear_mix_model()
+    weight, name = circuits.linear_route(model, "c1", "mix")
+    assert name == "mix" and torch.equal(weight, model.network.mix.weight.sum((2, 3)))
+    assert circuits.linear_route(model, "mix", "c3") is None  # ReLU in between
+    # On a linear map, gradient x activation of source c for target u is W[u, c] x mean(source c).
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    effects = circuits.attribution_circuits(model, "c1", "mix", [0, 4], [x, x])
+    with torch.no_grad():
+        mean_source = model.activations(x, ["c1"])["c1"].mean((2, 3))  # (images, channels)
+    expected = (weight[[0, 4]][:, None, :] * mean_source[None]).mean(1)
+    assert torch.allclose(effects, expected, atol=1e-5)
+    excite, inhibit = circuits.strongest(effects[0], 3)
+    assert excite[0][0] == int(effects[0].argmax()) and all(v > 0 for _, v in excite)
+    assert all(v < 0 for _, v in inhibit)
+
+
+def test_caricature_amplifies_what_the_layer_sees():
+    from featviz.microscope.caricature import render_caricatures
+
+    model = tiny_model()
+    rng = np.random.default_rng(0)
+    photos = torch.from_numpy(rng.integers(0, 255, (2, 3, 40, 40), dtype=np.uint8))
+    out = render_caricatures(model, "c2", photos, preset("quick", size=32, steps=12), seed=0)
+    assert len(out) == 2
+    for image, figures in out:
+        assert image.shape == (3, 32, 32)
+        # the layer's activation grew along the photo's own and still points the same way
+        assert figures["gain"] > 1.05 and figures["cosine"] > 0.8
+
+
+def test_unit_pages_show_circuits_and_caricatures_and_every_class_has_a_page(built):
+    site, report = built
+    assert report.made["circuits"] == 8 and report.made["caricature"] == 12  # circuits start at the 2nd layer
+    html = (site / "tiny" / "c2" / "1" / "index.html").read_text()
+    panel = re.search(r'<figure class="panel wide" id="circuits-panel">.*?</figure>', html, re.S).group(0)
+    assert "units of c1 that excite it most" in panel and 'data-method="attribution"' in panel
+    links = re.findall(r'<a class="utile[^"]*" href="([^"]+)"', panel)
+    assert links and all(re.fullmatch(r"\.\./\.\./\.\./tiny/c1/\d+/index\.html", h) for h in links)
+    built_c1 = {f"../../../tiny/c1/{u}/index.html" for u in range(4)}
+    assert any(h in built_c1 for h in links)
+    assert "No circuits" in (site / "tiny" / "c1" / "0" / "index.html").read_text()  # the first layer
+    with Image.open(site / "tiny" / "c2" / "1" / "caricature.png") as img:
+        assert img.size == (32, 32)
+        assert json.loads(img.text["featviz"])["microscope"]["panel"] == "caricature"
+    assert re.search(r'id="caricature".*?_examples/media/images/\d+\.jpg.*?caricature\.png', html, re.S)
+    assert (site / "tiny" / "c2" / "index.html").read_text().count('<tr><td><a class="utile') == 12  # connections
+    for c in range(10):
+        assert (site / "tiny" / "classes" / str(c) / "index.html").is_file()
+    page = (site / "tiny" / "classes" / "2" / "index.html").read_text()
+    assert "class2" in page and "_classes/0002.png" in page and 'id="class-top"' in page
+    assert "units of c3 that push it up most" in page and "(fc)" in page  # exact through the classifier
+    model_page = (site / "tiny" / "index.html").read_text()
+    assert model_page.count('<li data-label="class') == 10 and 'id="class-filter"' in model_page
+
+
+def test_compare_two_models_in_one_site(tmp_path, photos):
+    from featviz.microscope.compare import compare
+
+    site = tmp_path / "site"
+    settings = TINY | {"layers": ["c2", "c3"], "units": 2, "steps": 2, "n_classes": 2}
+    a = tiny_model()
+    build(a, site, photos, **settings)
+    twin = from_module(a.network, name="twin", input_size=32, mean=(0.5,) * 3, std=(0.25,) * 3,
+                       labels=[f"class{i}" for i in range(10)], main_layers=["c1", "c2", "c3", "fc"])
+    build(twin, site, photos, **settings)
+    with pytest.raises(FeatvizError, match="has no other"):
+        compare(site, a, from_module(a.network, name="other", input_size=32, mean=(0.5,) * 3, std=(0.25,) * 3))
+    rel = compare(site, a, twin)
+    assert rel == "_compare/tiny--twin/index.html"
+    with Manifest(site) as man:
+        info = next(p.info for p in man.panels("tiny") if p.panel == "compare:twin")
+    assert [(p["a"], p["b"]) for p in info["pairs"]] == [("c2", "c2"), ("c3", "c3")]
+    for pair in info["pairs"]:  # the same network: every varying unit's best match is itself, r = 1
+        varying = [u for u, (v, r) in enumerate(pair["best"]) if r > 0]
+        assert varying and all(pair["best"][u] == [u, 1.0] for u in varying)
+    html = (site / rel).read_text()
+    assert html.count('id="compare-class-') == 2 and "tiny c2" in html and "twin c3" in html
+    assert 'href="../_compare/tiny--twin/index.html"' in (site / "tiny" / "index.html").read_text()
+
+
+def test_caricature_of_a_given_photo_is_a_layer_panel(tmp_path, photos):
+    site = tmp_path / "site"
+    photo = sorted(photos.iterdir())[0]
+    settings = TINY | {"layers": ["c2"], "units": 2, "steps": 2, "n_classes": 0, "classes": ()}
+    with pytest.raises(FeatvizError, match="caricature photo not found"):
+        build(tiny_model(), site, photos, **(settings | {"caricature_photo": str(tmp_path / "nope.jpg")}))
+    report = build(tiny_model(), site, photos, **(settings | {"caricature_photo": str(photo)}))
+    assert report.made["caricature"] == 1  # one per layer, not one per unit
+    assert (site / "tiny" / "c2" / "caricature.png").is_file() and not (site / "tiny" / "c2" / "0" / "caricature.png").exists()
+    with Image.open(site / "tiny" / "c2" / "caricature-photo.jpg") as img:
+        assert img.size == (32, 32)
+    unit = (site / "tiny" / "c2" / "1" / "index.html").read_text()
+    assert "the photo given to the build" in unit and "../../../tiny/c2/caricature.png" in unit
+    assert 'id="caricature"' in (site / "tiny" / "c2" / "index.html").read_text()

@@ -137,7 +137,7 @@ def test_navigate_a_static_site_from_file_urls(site, browser, shots, tmp_path):
     wait_js(page, "document.getElementById('jump-msg').textContent.includes('not built')")
     page.fill("#jump-input", "class class2")
     page.press("#jump-input", "Enter")
-    page.wait_for_url("**/tiny/index.html#class-2")
+    page.wait_for_url("**/tiny/classes/2/index.html")  # every class has a page
     assert not w.errors, w.errors
     w.close()
 
@@ -177,5 +177,84 @@ def test_navigate_under_featviz_serve_and_render_on_demand(server, browser, shot
     assert sum("/_live/tiny/c3/11/" in src for src, _ in imgs) == 2 * (3 + 4)  # in place and in the results
     assert page.evaluate("document.getElementById('live-progress').value") == 1
     w.shot(shots, "serve-2-on-demand")
+    assert not w.errors, w.errors
+    w.close()
+
+
+@pytest.fixture(scope="module")
+def circuit_site(tmp_path_factory):
+    """Every unit of c1 and the first 8 of c2 (so that every circuit of c2 links to a built unit), and
+    a second model in the same site for the side-by-side page."""
+    from featviz.microscope.compare import compare
+    from featviz.models import from_module
+
+    photos = make_photos(tmp_path_factory.mktemp("photos"))
+    site = tmp_path_factory.mktemp("circuit-site")
+    model = tiny_model()
+    build(model, site, photos, **(TINY | {"layers": ["c1", "c2"], "units": 8, "steps": 2}))
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(5)
+    other = tiny_model().network
+    for p in other.parameters():  # a differently initialised relative: features partly shared
+        p.data += 0.5 * p.data.std() * torch.randn_like(p.data)
+    relative = from_module(other, name="relative", input_size=32, mean=(0.5,) * 3, std=(0.25,) * 3,
+                           labels=[f"class{i}" for i in range(10)], main_layers=["c1", "c2", "c3", "fc"])
+    build(relative, site, photos, **(TINY | {"layers": ["c1", "c2"], "units": 2, "steps": 2}))
+    compare(site, model, relative)
+    return site
+
+
+def test_circuits_caricature_class_and_comparison_pages(circuit_site, browser, shots):
+    w = Watch(browser)
+    page = w.page
+    unit = circuit_site / "tiny" / "c2" / "5" / "index.html"
+    page.goto(unit.as_uri())
+    w.images_loaded()
+    # circuits: real thumbnails, each linking to a unit page of c1 that exists
+    tiles = page.evaluate("Array.from(document.querySelectorAll('#circuits-panel a.utile')).map("
+                          "a => [a.getAttribute('href'), a.querySelector('img').naturalWidth])")
+    assert len(tiles) >= 6 and all(width > 0 for _, width in tiles)
+    for href, _ in tiles:
+        assert "/c1/" in href and (unit.parent / href).resolve().is_file(), href
+    # caricature: the photo and its caricature, both loaded
+    pics = page.evaluate("Array.from(document.querySelectorAll('#caricature img')).map(i => [i.src, i.naturalWidth])")
+    assert len(pics) == 2 and pics[1][0].endswith("/tiny/c2/5/caricature.png") and all(w_ > 0 for _, w_ in pics)
+    w.shot(shots, "circuits-1-unit")
+    first = tiles[0][0]
+    page.click(f'#circuits-panel a[href="{first}"]')
+    page.wait_for_url("**/tiny/c1/*/index.html")
+    w.images_loaded()
+    # the layer page lists the strongest connections into c2
+    page.goto((circuit_site / "tiny" / "c2" / "index.html").as_uri())
+    assert page.locator("#connections tbody tr").count() == 12
+    w.images_loaded()
+    # class pages: the model page's filter, then the page of the class
+    page.goto((circuit_site / "tiny" / "index.html").as_uri())
+    page.fill("#class-filter", "class2")
+    assert page.evaluate("Array.from(document.querySelectorAll('ol.allclasses li')).filter(li => !li.hidden)"
+                         ".map(li => li.textContent)") == ["class2"]
+    page.click("ol.allclasses >> text=class2")
+    page.wait_for_url("**/tiny/classes/2/index.html")
+    imgs = w.images_loaded()
+    assert any(src.endswith("_classes/0002.png") for src, _ in imgs)
+    assert page.locator("#class-top img").count() == 3  # k top photos by the class's logit
+    w.shot(shots, "circuits-2-class")
+    page.keyboard.press("ArrowRight")
+    page.wait_for_url("**/tiny/classes/3/index.html")
+    page.keyboard.press("/")
+    page.keyboard.type("class 1")
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/tiny/classes/1/index.html")
+    # the side-by-side page, linked from the model page
+    page.goto((circuit_site / "tiny" / "index.html").as_uri())
+    page.click("#comparisons >> text=tiny and relative")
+    page.wait_for_url("**/_compare/tiny--relative/index.html")
+    w.images_loaded()
+    assert page.locator("[id^=compare-class-] img").count() == 2 * 3  # 3 classes, both models
+    assert page.locator(".compare-layers").count() == 2  # c1 ~ c1, c2 ~ c2
+    rows = page.evaluate("Array.from(document.querySelectorAll('#pair-1 table')[0].querySelectorAll('tbody tr'))"
+                         ".map(tr => parseFloat(tr.lastElementChild.textContent))")
+    assert rows and all(-1 <= r <= 1 for r in rows) and rows == sorted(rows, reverse=True)
+    w.shot(shots, "circuits-3-compare")
     assert not w.errors, w.errors
     w.close()

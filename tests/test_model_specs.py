@@ -271,3 +271,23 @@ def test_nothing_outside_models_branches_on_builtin_names():
         if re.search(r"\bBUILTIN\b|\bavailable\(\)|import available|in available", text):
             offenders.append(str(path.relative_to(root)))
     assert offenders == []
+
+
+def test_weights_that_do_not_fit_leave_the_network_unchanged(tmp_path):
+    from featviz.models import with_weights
+
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+
+    organism = models.from_module(net(), input_size=16, mean=(0, 0, 0), std=(1, 1, 1))
+    other = net()
+    other[0] = nn.Conv2d(3, 4, 5)  # a body that does not fit...
+    other[4] = nn.Linear(4, 7)  # ...and a head the loader would resize
+    torch.save(other.state_dict(), tmp_path / "other.pt")
+    before = {k: v.clone() for k, v in organism.network.state_dict().items()}
+    with pytest.raises(FeatvizError, match="0.weight: checkpoint \\[4, 3, 5, 5\\], network \\[4, 3, 3, 3\\]"):
+        with_weights(organism, tmp_path / "other.pt")
+    after = organism.network.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert organism.network[4].out_features == 3

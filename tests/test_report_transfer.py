@@ -17,8 +17,10 @@ from featviz.cli import main
 
 from conftest import one_error_line
 from featviz.errors import FeatvizError
-from featviz.reports.transfer import (LogisticProbe, demo_shapes, load_folder, probe_cv, random_copy,
-                                      stratified_folds, transfer_report)
+from featviz.data import demo_shapes
+from featviz.models.random_init import random_copy
+from featviz.reports.probe import LogisticProbe, probe_cv, stratified_folds
+from featviz.reports.transfer import load_folder, transfer_report
 
 FAST = dict(size=96, per_class=12, folds=3, inner_folds=2, penalties=(1e-2, 1.0), pictures=False)
 
@@ -209,8 +211,8 @@ def test_cli_on_a_folder_writes_the_report(tmp_path, lite0):
 
 
 def test_missing_matplotlib_is_one_clear_error(monkeypatch):
-    from featviz.reports._common import pyplot
+    from featviz.figures import new_figure
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(FeatvizError, match=r"featviz\[reports\]"):
-        pyplot()
+        new_figure((4, 3))

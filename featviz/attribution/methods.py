@@ -97,11 +97,14 @@ def target_order(model: ModelOrganism, objective: Objective) -> int:
 
 
 def default_cam_layer(model: ModelOrganism, objective: Objective) -> str:
-    """The last spatial main layer that runs no later than the target's own layers."""
+    """The last spatial main layer that runs no later than the target's own layers (one larger than
+    1x1 if there is one: a global pool such as ResNet's ``avgpool`` is 1x1 and would make a flat map)."""
     limit = target_order(model, objective)
-    candidates = [info for info in model.layers() if info.spatial and info.order <= limit]
-    if not candidates:
-        candidates = [info for info in model.layers(all_modules=True) if info.spatial and info.order <= limit]
+    for layers in (model.layers(), model.layers(all_modules=True)):
+        spatial = [info for info in layers if info.spatial and info.order <= limit]
+        candidates = [info for info in spatial if info.height * info.width > 1] or spatial
+        if candidates:
+            break
     if not candidates:
         raise FeatvizError(f"no spatial layer runs before the target {objective.description!r}")
     return candidates[-1].name
@@ -155,6 +158,23 @@ def grad_cam(model: ModelOrganism, x: torch.Tensor, layer: str, objective) -> to
     return F.relu((weights * acts).sum(dim=1, keepdim=True))
 
 
+def default_grad_cam(model: ModelOrganism, x: torch.Tensor, objective) -> tuple[str, torch.Tensor]:
+    """(layer, Grad-CAM map) at the default layer, or the one before it if the target does not depend on the
+    layer's positions at all. That happens in a ViT: its head reads the class token alone, so the final
+    LayerNorm's and the last block's patch tokens get no gradient; the block before, whose patch tokens
+    the last block's attention mixes into the class token, does."""
+    first = default_cam_layer(model, objective)
+    names = [info.name for info in model.layers() if info.spatial]
+    start = names.index(first) if first in names else 0
+    tried = [first] + [n for n in reversed(names[:start])][:3]
+    for layer in tried:
+        acts, grads, _ = model.layer_gradient(x, layer, objective)
+        if grads.abs().sum() > 0 or layer == tried[-1]:
+            weights = grads.mean(dim=(2, 3), keepdim=True)
+            return layer, F.relu((weights * acts).sum(dim=1, keepdim=True))
+    raise AssertionError("unreachable")
+
+
 def _guided_backprop_class():
     attr = require_captum()
 
@@ -188,7 +208,7 @@ def guided_backprop(model: ModelOrganism, photo, target=None, size: int | None =
     fwd = ObjectiveForward(model, obj)
     _warn_if_no_rectifiers(model)
     gb = _guided_backprop_class()(fwd)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), model.out_of_place():  # hooks on in-place ReLUs are forbidden
         warnings.filterwarnings("ignore", message="Setting backward hooks")
         return gb.attribute(x.clone().requires_grad_(True)).detach()[0].cpu()
 
@@ -323,15 +343,17 @@ def attribute(model: ModelOrganism, photo, target=None, method: str = "gradcam",
                             baseline=baseline if isinstance(baseline, str) else "tensor",
                             convergence_delta=float(delta.abs().max()))
         elif method in ("gradcam", "guided-gradcam"):
-            layer = check_cam_layer(model, layer or default_cam_layer(model, obj), obj)
-            cam = grad_cam(model, xg, layer, obj)
+            if layer is None:
+                layer, cam = default_grad_cam(model, xg, obj)
+            else:
+                cam = grad_cam(model, xg, check_cam_layer(model, layer, obj), obj)
             if method == "gradcam":
                 raw = cam
                 amap = attr.LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), "bilinear")[:, 0]
             else:
                 # Guided Grad-CAM (Selvaraju et al.): guided backprop times the upsampled Grad-CAM map.
                 _warn_if_no_rectifiers(model)
-                with warnings.catch_warnings():  # Captum's note about hooking ReLUs, on every call
+                with warnings.catch_warnings(), model.out_of_place():  # Captum's note about hooking ReLUs
                     warnings.filterwarnings("ignore", message="Setting backward hooks")
                     guided = _guided_backprop_class()(fwd).attribute(xg)
                 raw = guided * attr.LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), "bilinear")

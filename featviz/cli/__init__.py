@@ -44,9 +44,9 @@ def _register() -> None:
     # Explicit, in the order of --help. Command modules never import ``main``: each lists its
     # commands in COMMANDS, and optional libraries are imported inside the commands, so a
     # missing extra gives its one-line install hint when the command runs, not at start-up.
-    from . import attribute_cmd, examples_cmd, microscope_cmd, models_cmd, render_cmd, report_cmd
+    from . import attribute_cmd, examples_cmd, microscope_cmd, models_cmd, render_cmd, report_cmd, train_cmd
 
-    for module in (models_cmd, render_cmd, examples_cmd, attribute_cmd, microscope_cmd, report_cmd):
+    for module in (models_cmd, render_cmd, examples_cmd, attribute_cmd, microscope_cmd, report_cmd, train_cmd):
         for command in module.COMMANDS:
             main.add_command(command)
 

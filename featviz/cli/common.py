@@ -19,7 +19,7 @@ class OutputPath(click.Path):
 # MODEL is required: an optional first argument would swallow the next one
 # (click fills arguments left to right). Only `featviz layers` defaults it.
 # MODEL is a name (featviz models), a model spec file (my_net.toml) or torchvision:/timm:<arch>;
-# both decorators add --weights (below), which load_model reads.
+# both decorators also add --weights (below), which load_model reads.
 def model_argument(f):
     return weights_option(click.argument("model", metavar="MODEL")(f))
 
@@ -58,6 +58,19 @@ def load_model(name: str, device: str | None = None, weights: str | None = None)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return load(name, device=device, weights=weights)
+
+
+def parse_unit(spec: str) -> tuple[str, int]:
+    """'blocks.8:12' -> ('blocks.8', 12); anything else is one clear error line."""
+    from ..errors import FeatvizError
+
+    layer, sep, unit = spec.rpartition(":")
+    try:
+        if not sep or not layer:
+            raise ValueError
+        return layer, int(unit)
+    except ValueError:
+        raise FeatvizError(f"expected LAYER:UNIT such as blocks.8:12, got {spec!r}") from None
 
 
 def parse_range(text: str, limit: int | None = None, what: str = "index") -> list[int]:

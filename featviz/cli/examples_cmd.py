@@ -9,17 +9,8 @@ import click
 
 from ..errors import FeatvizError
 from ..models import DEFAULT_MODEL, is_model_reference
-from .common import OutputPath, device_option, engine_options, load_model, make_engine, model_argument, weights_option
-
-
-def _unit(spec: str) -> tuple[str, int]:
-    layer, sep, unit = spec.rpartition(":")
-    if not sep or not layer:
-        raise FeatvizError(f"expected LAYER:UNIT such as blocks.8:12, got {spec!r}")
-    try:
-        return layer, int(unit)
-    except ValueError:
-        raise FeatvizError(f"expected LAYER:UNIT such as blocks.8:12, got {spec!r}") from None
+from .common import (OutputPath, device_option, engine_options, load_model, make_engine, model_argument,
+                     parse_unit, weights_option)
 
 
 @click.command("examples")
@@ -43,7 +34,7 @@ def _unit(spec: str) -> tuple[str, int]:
 def examples_cmd(model, data_dir, layers, top, bottom, out, batch_size, size, shard, overwrite, workers,
                  checkpoint_every, quiet, device, engine, address):
     """Dataset examples: for every unit of the chosen layers, the photos of DATA_DIR (searched
-    recursively for jpg/png/webp) that excite it most and least, with receptive-field crops.
+    recursively for photos: jpg, png, webp, ...) that excite it most and least, with receptive-field crops.
 
     Without DATA_DIR, the photos that ship with scikit-image. Interrupted runs (Ctrl-C, kill)
     continue where their last checkpoint left off when the same command is run again.
@@ -110,7 +101,7 @@ def examples_show_cmd(store, unit, out, k):
     from ..examples import open_store, unit_sheet
     from ..imageio import save_png
 
-    layer, index = _unit(unit)
+    layer, index = parse_unit(unit)
     with open_store(store) as st:
         sheet = unit_sheet(st, layer, index, k=k)
         save_png(sheet, out, {"store": str(store), "unit": f"{layer}:{index}", "model": st.settings["model"]})
@@ -139,7 +130,7 @@ def compare_cmd(model, unit, store_path, out, k, size, steps, recipe, seed, no_v
 
     if unit is None:
         model, unit = None, model
-    layer, index = _unit(unit)
+    layer, index = parse_unit(unit)
     with open_store(store_path) as st:
         model = model or st.settings["model"]
         st.top(layer, index, k=1)  # checks store, layer and unit before the (slow) rendering

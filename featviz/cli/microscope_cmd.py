@@ -47,11 +47,13 @@ def microscope():
               help="dataset examples per list (6 quick, 10 full)")
 @click.option("--classes", default=None, help="classes for the model page, e.g. 309,1,130 (default: a showcase set)")
 @click.option("--seed", type=int, default=None, help="base seed (default 0)")
+@click.option("--caricature-photo", type=click.Path(path_type=Path), default=None,
+              help="caricature this photo on every layer (default: each unit's top dataset example)")
 @click.option("--quiet", "-q", is_flag=True, help="no progress lines")
 @device_option
 @engine_options
-def build_cmd(model, data_dir, layers, units, out, steps, size, quick, batch_size, k, classes, seed, quiet, device,
-              engine, address):
+def build_cmd(model, data_dir, layers, units, out, steps, size, quick, batch_size, k, classes, seed, caricature_photo,
+              quiet, device, engine, address):
     """Build (or bring up to date) a microscope site for MODEL.
 
     Incremental and resumable: what is already built with the same settings is skipped,
@@ -64,7 +66,7 @@ def build_cmd(model, data_dir, layers, units, out, steps, size, quick, batch_siz
     overrides = dict(layers=layers, units=_units(units, organism), steps=steps, size=size, batch_size=batch_size,
                      k=k, seed=seed,
                      classes=tuple(parse_indices(classes, "--classes", organism.num_classes, "class"))
-                     if classes else None)
+                     if classes else None, caricature_photo=str(caricature_photo) if caricature_photo else None)
     log = None if quiet else (lambda msg: click.echo(msg, err=True))
     if data_dir is None and not quiet:
         click.echo("no --data given: using the embedded demo photos", err=True)
@@ -76,6 +78,20 @@ def build_cmd(model, data_dir, layers, units, out, steps, size, quick, batch_siz
         click.echo(f"interrupted: what is done is kept in {out}; run the same command again to continue", err=True)
         sys.exit(130)
     click.echo(report.summary())
+
+
+@microscope.command("compare")
+@click.argument("site", type=click.Path(path_type=Path))
+@click.argument("model_a")
+@click.argument("model_b")
+@device_option
+def compare_cmd(site, model_a, model_b, device):
+    """A side-by-side page of MODEL_A and MODEL_B, both built into SITE: their class visualizations,
+    and each unit of A matched to the unit of B that correlates best with it over the site's photos."""
+    from ..microscope.compare import compare
+
+    page = compare(site, model_a, model_b, device=device, log=lambda msg: click.echo(msg, err=True))
+    click.echo(f"wrote {site / page}")
 
 
 def _serve_options(f):

@@ -1,4 +1,4 @@
-"""``featviz report logits|causes|transfer``: experiments with figures and a Markdown page."""
+"""``featviz report logits|causes|transfer|finetune``: experiments with figures and a Markdown page."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,17 +7,7 @@ import click
 
 from ..errors import FeatvizError
 from ..imageio import output_folder
-from .common import OutputPath, device_option, load_model, model_argument, parse_range
-
-
-def _unit(spec: str) -> tuple[str, int]:
-    layer, sep, unit = spec.rpartition(":")
-    try:
-        if not sep or not layer:
-            raise ValueError
-        return layer, int(unit)
-    except ValueError:
-        raise FeatvizError(f"expected LAYER:UNIT such as blocks.8:12, got {spec!r}") from None
+from .common import OutputPath, device_option, load_model, model_argument, parse_range, parse_unit
 
 
 def _classes(text: str) -> list[int]:
@@ -39,7 +29,7 @@ site_option = click.option("--site", type=click.Path(path_type=Path), default=No
 
 def _publish(site: Path | None, out: Path) -> None:
     if site is not None:
-        from ..microscope.pages import add_report
+        from ..microscope.report_pages import add_report
 
         click.echo(f"added to the microscope: {site / add_report(site, out)}")
 
@@ -103,7 +93,7 @@ def causes_cmd(model, unit, store, k, steps, size, mask_frac, method, seed, out,
     from ..attribution.methods import canonical_method
     from ..reports.causes import causes_report
 
-    layer, index = _unit(unit)
+    layer, index = parse_unit(unit)
     _positive("--k", k)
     _positive("--steps", steps)
     if size < 16:
@@ -174,18 +164,57 @@ def transfer_cmd(model, data_dir, layers, size, per_class, folds, seed, pixels, 
     _publish(site, out)
 
 
+@report.command("finetune")
+@model_argument
+@click.argument("data_dir", required=False, type=click.Path(path_type=Path))
+@click.option("--budgets", default="2,5,10,25", show_default=True, help="training examples per class, e.g. 2,5,10")
+@click.option("--steps", type=int, default=60, show_default=True, help="optimizer steps of every run")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="AdamW learning rate (cosine decay)")
+@click.option("--holdout", type=int, default=10, show_default=True, help="held-out images per class")
+@click.option("--size", type=int, default=None,
+              help="image side in px [default: 96 for the demo task, the model's input size for DATA_DIR]")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="output folder")
+@site_option
+def finetune_cmd(model, data_dir, budgets, steps, batch_size, lr, holdout, size, seed, out, site):
+    """Held-out accuracy of ImageNet-initialized vs from-scratch fine-tuning at several examples-per-class
+    budgets (the same steps), and per-layer CKA to the starting network (DATA_DIR: one sub-folder of
+    images per class; without it, the offline demo task). Trains on the CPU."""
+    from ..reports.finetune import finetune_report
+    from ..training import TrainSettings
+
+    try:
+        numbers = parse_range(budgets) if budgets.strip() else []
+    except click.BadParameter as exc:
+        raise FeatvizError(f"--budgets: {exc.message}") from None
+    if not numbers:
+        raise FeatvizError("--budgets: give examples per class, e.g. 2,5,10")
+    settings = TrainSettings(batch_size=batch_size, lr=lr, holdout=holdout, size=size, seed=seed)
+    settings.check()
+    organism = load_model(model, "cpu")
+    if site is not None:
+        _check_site(site, organism.name)
+    if data_dir is None:
+        click.echo("no DATA_DIR given: using the offline demo task (shapes on textures)", err=True)
+    res = finetune_report(organism, data_dir, out, budgets=numbers, steps=steps, settings=settings,
+                          log=lambda m: click.echo(m, err=True))
+    for b in res["settings"]["budgets"]:
+        click.echo(f"{b:3d} per class: pretrained {res['accuracy']['pretrained'][str(b)]:.3f}  "
+                   f"scratch {res['accuracy']['scratch'][str(b)]:.3f}")
+    layers = list(res["cka"])
+    first, last = layers[0], layers[-2] if len(layers) > 1 else layers[-1]  # the last one: the new classifier
+    click.echo(f"CKA to the start: {first} {res['cka'][first]:.3f}, {last} {res['cka'][last]:.3f}")
+    click.echo(f"wrote {Path(out) / 'report.md'}")
+    _publish(site, out)
+
+
 def _check_site(site: Path, model_name: str) -> None:
     """Fail before the work, not after it, if the site cannot take the report."""
-    from ..microscope.manifest import Manifest
-    from ..microscope.settings import MANIFEST_NAME, slug
+    from ..microscope.report_pages import check_report_site
 
-    if not (site / MANIFEST_NAME).is_file():
-        raise FeatvizError(f"no microscope at {site}: build one with `featviz microscope build {model_name} "
-                           f"--out {site}`")
-    with Manifest(site, create=False, readonly=True) as man:
-        if man.model(slug(model_name)) is None:
-            raise FeatvizError(f"the microscope at {site} has no {model_name}: build it with "
-                               f"`featviz microscope build {model_name} --out {site}`")
+    check_report_site(site, model_name)
+
 
 # Registered on the `featviz` group by featviz/cli/__init__.py, in this order.
 COMMANDS = [report]

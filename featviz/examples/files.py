@@ -16,9 +16,11 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import FeatvizError, ImageReadError
-from ..imageio import load_image, open_image
+from ..imageio import check_regular_file, load_image, open_image
 
-EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+# The one list of photo file names featviz reads (any case): the examples pass, the microscope's
+# --data and the transfer report's folders all go through ``list_images``.
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 
 
 def list_images(root: str | os.PathLike, exclude: Iterable[str | os.PathLike] = ()) -> list[tuple[str, int]]:
@@ -26,6 +28,9 @@ def list_images(root: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
 
     Hidden files and folders (name starting with '.') are skipped, and so are
     the folders in ``exclude`` (e.g. a store written inside the data folder).
+    Special files with a photo's name (a FIFO, socket or device called ``x.jpg``)
+    stay in the list, which is the data set's identity, but ``read_photo``
+    refuses them without opening them, so a pass lists them as skipped.
     """
     root = Path(root)
     if not root.exists():
@@ -65,6 +70,7 @@ def read_photo(path: str | os.PathLike) -> Image.Image:
     CMYK...) this applies the EXIF orientation and scales 16-bit and float
     grayscale images to 8 bits.
     """
+    check_regular_file(path)
     try:
         with open_image(path) as img:
             img.load()

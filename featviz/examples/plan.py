@@ -132,12 +132,17 @@ class ExamplesPlan:
         files = tuple(list_images(root, exclude=[store]))
         if not files:
             raise FeatvizError(f"no images ({', '.join(EXTENSIONS)}) found under {root}")
-        if batch_size is None:
-            batch_size = stored_batch_size(store) or DEFAULT_BATCH
-        batch_size = int(batch_size)
-        if batch_size < 1:
-            raise FeatvizError(f"--batch-size must be at least 1, got {batch_size}")
-        check_target(store)
+        stored = stored_batch_size(store)
+        if batch_size is None and stored:  # continuing a store: its own batch size, whatever it was
+            batch_size = stored
+        else:
+            batch_size = int(DEFAULT_BATCH if batch_size is None else batch_size)
+            if batch_size < 1:
+                raise FeatvizError(f"--batch-size must be at least 1, got {batch_size}")
+            # A batch never holds more rows than there are images (--batch-size 100000 on 30 photos).
+            batch_size = min(batch_size, len(files))
+        check_memory(model, chosen, size, batch_size)
+        check_target(store, overwrite)
         plan = cls(model=model.name, weights=model.weights_digest(), data=None if data is None else Path(data),
                    root=root, files=files, layers=tuple(chosen), top=top, bottom=bottom, size=size,
                    batch_size=batch_size, shard=shard, store=store, overwrite=bool(overwrite),
@@ -183,6 +188,60 @@ class ExamplesPlan:
 
     def describe_data(self) -> str:
         return str(self.root) if self.data is not None else "the scikit-image demo photos"
+
+
+BYTES = 4  # float32
+DECODED_BATCHES = 3  # the batch being run and the two decoded ahead (``stream.prefetch_batches``)
+RF_IMAGES = 4 * 4  # the receptive-field probe: 4 images, measured again at twice the side if needed
+
+
+def estimate_memory(model, layers, size: int, batch_size: int) -> int:
+    """Bytes a pass needs at its peak, roughly: the decoded batches, the network's activations
+    up to the deepest chosen layer for one batch (the two largest at once plus the chosen outputs),
+    and the receptive-field probe (activations kept for the gradient). From the layer table at
+    the model's own input size, scaled by area."""
+    table = model.layers(all_modules=True)
+    wanted = set(layers)
+    deepest = max((info.order for info in table if info.name in wanted), default=len(table))
+    area = (size / model.input_size) ** 2
+
+    def elements(info) -> float:
+        return info.channels * (info.height * info.width * area if info.spatial else 1)
+
+    acts = sorted((elements(info) for info in table if info.order <= deepest), reverse=True) or [0.0]
+    chosen = sum(elements(info) for info in table if info.name in wanted)
+    image = 3 * size * size
+    per_image = image * (DECODED_BATCHES + 1) + 2 * acts[0] + chosen
+    probe = RF_IMAGES * (image + 2 * sum(acts[:8]))
+    return int(BYTES * (batch_size * per_image + probe))
+
+
+def available_memory(device=None) -> int | None:
+    """Bytes a new allocation can use on ``device`` (default the CPU): the one rule featviz uses for
+    renders too (``featviz.optvis.memory.available_bytes``: MemAvailable, a container's limit, CUDA's free
+    memory); None where that cannot be told (then nothing is refused)."""
+    from ..optvis.memory import available_bytes
+
+    return available_bytes(torch.device("cpu") if device is None else torch.device(device))
+
+
+def format_bytes(n: float) -> str:
+    """1536 -> '2 KB', 5e9 -> '4.7 GB'."""
+    for unit in ("B", "KB", "MB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB" if n < 1024 else f"{n / 1024:.1f} TB"
+
+
+def check_memory(model, layers, size: int, batch_size: int) -> None:
+    """Refuse, before anything is allocated, a size and batch whose pass cannot fit in memory."""
+    need = estimate_memory(model, layers, size, batch_size)
+    have = available_memory(getattr(model, "device", None))
+    if have is not None and need > have:
+        raise FeatvizError(f"dataset examples at input size {size} with batch {batch_size} need about "
+                           f"{format_bytes(need)} of memory, but about {format_bytes(have)} is available; "
+                           "lower --size or --batch-size")
 
 
 def stored_batch_size(path: Path) -> int | None:

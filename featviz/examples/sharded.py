@@ -27,7 +27,7 @@ from ..engine import Job
 from ..errors import FeatvizError
 from ..imageio import atomic_write
 from .plan import ExamplesPlan, PassOptions
-from .store import DB_NAME, ExampleStore, describe_settings_diff, lock_store, merge
+from .store import DB_NAME, ExampleStore, describe_settings_diff, lock_store, merge, remove_store
 from .stream import run_pass
 
 PLAN = "plan.json"
@@ -41,7 +41,10 @@ def run_sharded(engine, model, plan: ExamplesPlan, options: PassOptions = PassOp
     if ExampleStore.exists(store_path):
         with ExampleStore(store_path) as old:
             same, complete, old_settings = old.settings == settings, old.complete, old.settings
+            missing = complete and bool(old.missing_media())
         if same and complete:
+            if missing:  # media deleted by hand: restored here from the examples table (no pass needed)
+                return run_pass(model, plan, options)
             say(f"store {store_path} is already complete")
             return ExampleStore(store_path)
         if not same and not plan.overwrite:
@@ -69,8 +72,7 @@ def run_sharded(engine, model, plan: ExamplesPlan, options: PassOptions = PassOp
             _unpack(done.result, staging / str(i))
             say(f"examples shard {i + 1}/{n} done in {done.seconds:.1f} s")
         parts = [staging / str(i) for i in range(n)]
-        if store_path.exists():  # an older or unfinished store (only featviz's files: checked by the plan)
-            shutil.rmtree(store_path)
+        remove_store(store_path, plan.overwrite)  # an older or unfinished store: only featviz's own files
         if n == 1:
             os.replace(parts[0], store_path)
         else:

@@ -21,6 +21,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -94,8 +95,12 @@ class Example:
     def open(self):
         from PIL import Image
 
-        with Image.open(self.image_file) as img:
-            return img.convert("RGB")
+        try:
+            with Image.open(self.image_file) as img:
+                return img.convert("RGB")
+        except FileNotFoundError:
+            raise FeatvizError(f"{self.image_file} is missing from its example store (deleted?); rerun the "
+                               "'featviz examples' command that made the store to restore it") from None
 
 
 def layer_dirname(layer: str) -> str:
@@ -120,12 +125,13 @@ class ExampleStore(Database):
         if not db.is_file():
             raise FeatvizError(f"{self.path} is not an example store (no {DB_NAME}); "
                                "make one with 'featviz examples'")
-        self._db = connect(db)
+        with sqlite_errors(self.path):
+            self._db = GuardedConnection(connect(db), self.path)
         try:
             settings = self._meta("settings")
-        except sqlite3.DatabaseError as exc:
+        except FeatvizError:
             self.close()
-            raise FeatvizError(f"the index of the store {self.path} is damaged ({exc})") from None
+            raise
         if settings is None:
             self.close()
             raise FeatvizError(f"{self.path} holds an empty or unfinished store; rerun 'featviz examples' on it")
@@ -133,34 +139,23 @@ class ExampleStore(Database):
     # -- lifecycle ------------------------------------------------------------------------
     @staticmethod
     def exists(path: str | os.PathLike) -> bool:
-        """True if ``path`` holds an initialized store (complete or not)."""
-        db = Path(path) / DB_NAME
-        if not db.is_file():
-            return False
-        con = connect(db)
-        try:
-            row = con.execute("SELECT value FROM meta WHERE key='settings'").fetchone()
-        except sqlite3.DatabaseError:
-            row = None
-        finally:
-            con.close()
-        return row is not None
+        """True if ``path`` holds an initialized store (complete or not) that featviz recognises."""
+        return store_state(path)[0] == "store"
 
     @classmethod
     def create(cls, path: str | os.PathLike, settings: dict, run: dict, files: Sequence[tuple[int, str, int]],
-               layers: Sequence[LayerRecord]) -> "ExampleStore":
-        """Initialize a store in one transaction (an existing index there is replaced).
+               layers: Sequence[LayerRecord], replace: bool = False) -> "ExampleStore":
+        """Initialize a store in one transaction (an existing store there is replaced).
 
-        ``files``: (image id, relative path, bytes) of the images this store covers.
+        ``files``: (image id, relative path, bytes) of the images this store covers. Only a
+        store featviz recognises is replaced; a damaged or unknown index and media are replaced
+        only with ``replace`` (--overwrite), and a folder holding anything else never.
         """
         path = Path(path)
+        check_target(path, overwrite=replace)
         path.mkdir(parents=True, exist_ok=True)
-        for name in (DB_NAME, DB_NAME + "-journal"):
-            if (path / name).exists():
-                (path / name).unlink()
-        for name in (MEDIA, PARTIAL_MEDIA):
-            shutil.rmtree(path / name, ignore_errors=True)
-        con = connect(path / DB_NAME)
+        _remove_store_files(path)
+        con = GuardedConnection(connect(path / DB_NAME), path)
         try:
             with transaction(con):
                 for stmt in SCHEMA.strip().split(";"):
@@ -309,6 +304,16 @@ class ExampleStore(Database):
                 "file FROM examples ORDER BY layer, unit, kind, rank")],
         }
 
+    def rows(self) -> list[tuple]:
+        """The examples table as ``example_rows`` makes it (what ``finish`` wrote)."""
+        return [tuple(r) for r in self._db.execute(
+            "SELECT layer, unit, kind, rank, image_id, value, pos, box_top, box_left, box_bottom, box_right, file "
+            "FROM examples ORDER BY layer, unit, kind, rank")]
+
+    def missing_media(self) -> list[str]:
+        """Crops and images the examples table names but the media folder lacks (deleted by hand)."""
+        return sorted({row[-1] for row in self.rows() if not (self.path / row[-1]).is_file()})
+
     def media_files(self) -> list[str]:
         """Relative paths of the crops and images of the store, sorted."""
         media = self.path / MEDIA
@@ -440,12 +445,137 @@ STORE_NAMES = (DB_NAME, DB_NAME + "-journal", MEDIA, PARTIAL_MEDIA)  # what a st
 OURS = set(STORE_NAMES) | {LOCK}
 
 
-def check_target(path: Path) -> None:
-    """Refuse to write a store into a folder that holds anything else."""
+def store_state(path: str | os.PathLike) -> tuple[str, str]:
+    """What ``path`` holds, as (state, detail): 'absent', 'empty', 'store' (an index with the settings
+    row featviz writes: proof that featviz made it), 'damaged' (an index SQLite cannot read),
+    'unrecognised' (only a store's names, but no proof featviz wrote them) or 'foreign'."""
     path = Path(path)
-    if path.exists() and not ExampleStore.exists(path):
-        if not path.is_dir() or any(p.name not in OURS for p in path.iterdir()):
-            raise FeatvizError(f"{path} exists and is not an example store; choose a new or empty folder for --out")
+    if not path.exists():
+        return "absent", ""
+    if not path.is_dir():
+        return "foreign", "not a folder"
+    names = sorted(p.name for p in path.iterdir() if p.name != LOCK)
+    if not names:
+        return "empty", ""
+    state, detail = "unrecognised", ", ".join(names)
+    db = path / DB_NAME
+    if db.is_file():
+        try:
+            con = connect(db)
+            try:
+                row = con.execute("SELECT value FROM meta WHERE key='settings'").fetchone()
+            finally:
+                con.close()
+            settings = json.loads(row[0]) if row else None
+            if isinstance(settings, dict) and {"format", "model", "weights"} <= set(settings):
+                return "store", ""
+        except sqlite3.DatabaseError as exc:
+            if "no such table" not in str(exc):  # another program's database is not damaged, just not ours
+                state, detail = "damaged", str(exc)
+        except ValueError:  # a settings row that is not JSON
+            pass
+    if set(names) - set(STORE_NAMES):
+        return "foreign", ", ".join(names)
+    return state, detail
+
+
+def check_target(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse, in one line, to write a store where featviz would delete what it cannot prove it wrote.
+
+    A folder holding anything but a store's files is always refused; a damaged index, or store
+    names without featviz's settings row, only without ``overwrite``."""
+    state, detail = store_state(path)
+    if state == "foreign":
+        raise FeatvizError(f"{path} exists and is not an example store; choose a new or empty folder for --out "
+                           "(featviz never deletes what it did not write)")
+    if overwrite:
+        return
+    if state == "damaged":
+        raise FeatvizError(f"the index of the store {path} is damaged ({detail}) and featviz cannot tell whether "
+                           "it wrote it; pass --overwrite to start it over, or choose another --out")
+    if state == "unrecognised":
+        raise FeatvizError(f"{path} is not an example store featviz recognises (it holds {detail}); featviz only "
+                           "deletes what it wrote: pass --overwrite to replace them, or choose another --out")
+
+
+def _remove_store_files(path: Path) -> None:
+    for name in (DB_NAME, DB_NAME + "-journal"):
+        if (path / name).is_file():
+            (path / name).unlink()
+    for name in (MEDIA, PARTIAL_MEDIA):
+        if (path / name).is_dir():
+            shutil.rmtree(path / name)
+
+
+def remove_store(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Delete the store at ``path`` (checked as ``check_target``): only a store's own files, and
+    the folder itself when nothing else is left in it."""
+    path = Path(path)
+    check_target(path, overwrite)
+    if not path.exists():
+        return
+    _remove_store_files(path)
+    if (path / LOCK).is_file():
+        (path / LOCK).unlink()
+    path.rmdir()
+
+
+@contextmanager
+def sqlite_errors(path: Path):
+    """SQLite errors on the store at ``path`` as one-line ``FeatvizError``s that say what to do."""
+    try:
+        yield
+    except (sqlite3.ProgrammingError, sqlite3.InterfaceError):  # a bug in the caller, not the store
+        raise
+    except sqlite3.DatabaseError as exc:
+        text = str(exc)
+        if "full" in text:
+            raise FeatvizError(f"disk full while writing the store {path} ({text}); free some space and rerun "
+                               "the same command to continue from the last checkpoint") from None
+        if "disk I/O" in text:
+            raise FeatvizError(f"could not write the store {path} ({text}: is the disk full?)") from None
+        if "locked" in text or "busy" in text:
+            raise FeatvizError(f"the store {path} is busy: another process is writing it ({text})") from None
+        raise FeatvizError(f"the index of the store {path} is damaged ({text}); pass --overwrite to start it "
+                           "over, or choose another --out") from None
+
+
+class GuardedConnection:
+    """The store's SQLite connection; every error (also while reading rows) goes through ``sqlite_errors``."""
+
+    def __init__(self, con: sqlite3.Connection, path: Path):
+        self._con, self._path = con, path
+
+    def execute(self, sql: str, params=()) -> "_GuardedCursor":
+        with sqlite_errors(self._path):
+            return _GuardedCursor(self._con.execute(sql, params), self._path)
+
+    def executemany(self, sql: str, rows) -> None:
+        with sqlite_errors(self._path):
+            self._con.executemany(sql, rows)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._con.in_transaction
+
+    def close(self) -> None:
+        self._con.close()
+
+
+class _GuardedCursor:
+    def __init__(self, cursor: sqlite3.Cursor, path: Path):
+        self._cursor, self._path = cursor, path
+
+    def fetchone(self):
+        with sqlite_errors(self._path):
+            return self._cursor.fetchone()
+
+    def fetchall(self):
+        with sqlite_errors(self._path):
+            return self._cursor.fetchall()
+
+    def __iter__(self):
+        return iter(self.fetchall())
 
 
 def lock_store(path: str | os.PathLike) -> FolderLock:

@@ -25,9 +25,9 @@ that marks the store complete.
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
-import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +37,7 @@ from typing import Sequence
 import torch
 
 from ..errors import FeatvizError, ImageReadError
+from ..progress import progress_bar
 from .files import read_photo
 from .plan import ExamplesPlan, PassOptions
 from .receptive import receptive_field
@@ -61,7 +62,16 @@ def _run_locked(model, plan: ExamplesPlan, options: PassOptions) -> ExampleStore
     store_path, layers, held = plan.store, list(plan.layers), plan.held
     st = _open_or_create(model, plan, say)
     if st.complete:
-        say(f"store {store_path} is already complete")
+        missing = st.missing_media()
+        if not missing:
+            say(f"store {store_path} is already complete")
+            return st
+        # Crops deleted by hand: made again from the examples table, byte for byte what the pass wrote.
+        say(f"store {store_path} is complete but {len(missing)} of its media files are missing: writing them again")
+        partial = store_path / PARTIAL_MEDIA
+        shutil.rmtree(partial, ignore_errors=True)
+        _write_media(st.rows(), plan, model, partial, options.workers or min(4, os.cpu_count() or 1))
+        st.install_media(partial)
         return st
     records = {name: st.layer(name) for name in layers}
     dev = model.device
@@ -89,7 +99,7 @@ def _run_locked(model, plan: ExamplesPlan, options: PassOptions) -> ExampleStore
     last_save, n_batches = time.monotonic(), 0
     workers = options.workers or min(4, os.cpu_count() or 1)
     every_batches, every_s = options.checkpoint_batches, options.checkpoint_every
-    bar = _progress(options.progress, len(held), start)
+    bar = progress_bar(len(held), "examples", unit="img", initial=start) if options.progress else None
     stream = prefetch_batches(batches[first_batch:], plan.files, plan.root, model, plan.size, workers)
     try:
         for batch_ids, items in stream:
@@ -192,7 +202,7 @@ def _open_or_create(model, plan: ExamplesPlan, say) -> ExampleStore:
         rf = receptive_field(model, name, size)
         records.append(LayerRecord(name, shapes[name][1], rf.height, rf.width, rf))
     run = dict(plan.run_info(), timings={"receptive_fields_s": time.perf_counter() - t})
-    return ExampleStore.create(path, settings, run, plan.held, records)
+    return ExampleStore.create(path, settings, run, plan.held, records, replace=plan.overwrite)
 
 
 def _decode(root: Path, rel: str, model, size: int):
@@ -227,14 +237,6 @@ def prefetch_batches(batches, files, root: Path, model, size: int, workers: int,
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _progress(enabled: bool, total: int, initial: int):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="img", file=sys.stderr, desc="examples", dynamic_ncols=True)
-
-
 def _write_media(rows: Sequence[tuple], plan: ExamplesPlan, model, out: Path, workers: int) -> None:
     """Write the image of every top/bottom example and the crop of every max example under ``out``."""
     by_image: dict[int, list[tuple]] = {}
@@ -250,9 +252,17 @@ def _write_media(rows: Sequence[tuple], plan: ExamplesPlan, model, out: Path, wo
                                "restore it and rerun the command to finish the store")
         _write_image_media(tensor, by_image[image_id], out, plan.crop_size)
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featviz-media") as pool:
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featviz-media")
+    try:
         for _ in pool.map(work, sorted(by_image)):
             pass
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise FeatvizError(f"disk full while writing the crops of {plan.store}: free some space and rerun the "
+                               "same command to finish the store") from None
+        raise
+    finally:  # on Ctrl-C or an error, start no more images: only those being written finish
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _write_image_media(tensor: torch.Tensor, rows: Sequence[tuple], out: Path, crop_size: int) -> None:

@@ -9,15 +9,18 @@
     app = create_app("site")
 
 A unit page shows the channel, neuron, four diverse and the negative
-visualizations, the top and bottom dataset examples (crops and whole photos)
-and the classes the unit pushes up and down; a layer page shows a grid of all
-its units and the layer's DeepDream; the model page lists the layers and shows
-class visualizations. The build is incremental and resumable (an SQLite
+visualizations, a caricature of its top photo, the top and bottom dataset
+examples (crops and whole photos), the classes the unit pushes up and down and
+its circuits (the earlier units that excite and inhibit it most); a layer page
+shows a grid of all its units, the layer's DeepDream and its strongest incoming
+connections; the model page lists the layers, class visualizations and every
+class, each with a page (top photos, the units that push it). ``compare``
+puts two models of one site side by side. The build is incremental and resumable (an SQLite
 manifest in the site); ``featviz serve`` serves the site and renders on demand.
 """
 from .build import BuildReport, build, resolve_settings
 from .manifest import Manifest, Panel
-from .settings import PRESETS, BuildSettings, default_layers, preset, slug
+from .settings import PRESETS, BuildSettings, preset, slug
 
 __all__ = ["build", "BuildReport", "BuildSettings", "PRESETS", "preset", "resolve_settings", "Manifest", "Panel",
-           "default_layers", "slug"]
+           "slug"]

@@ -15,6 +15,7 @@ renders exactly what an uninterrupted one would have.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
@@ -30,13 +31,14 @@ from .._storage import LOCK, FolderLock
 from ..engine import Job, LocalEngine
 from ..errors import FeatvizError
 from ..imageio import atomic_write, output_folder, save_png, to_pil
+from . import caricature, circuits
 from . import classes as cls
 from . import visuals
 from .manifest import Manifest, Panel
 from .pages import install_static, layer_dir, write_pages
-from .settings import (CLASS_VIS, CLASSES, CLASSES_DIR, DIVERSITY, DREAM, EXAMPLES, EXAMPLES_DIR, RENDER_KINDS,
-                       BuildSettings, batch_seed, choose_classes, choose_layers, choose_units, chunks, digest,
-                       panel_settings, preset, slug)
+from .settings import (CARICATURE, CIRCUITS, CLASS_PHOTOS, CLASS_UNITS, CLASS_VIS, CLASSES, CLASSES_DIR,
+                       DIVERSITY, DREAM, EXAMPLES, EXAMPLES_DIR, RENDER_KINDS, BuildSettings, batch_seed,
+                       choose_classes, choose_layers, choose_units, chunks, digest, panel_settings, preset, slug)
 
 THUMB = 64
 JPEG_QUALITY = 88
@@ -108,14 +110,13 @@ def build(model="efficientnet_lite0", out: str | os.PathLike = "microscope", dat
     this process writes the site, so the result is the same.
     Returns a ``BuildReport``; rerunning skips what is up to date.
     """
-    from ..models import ModelOrganism, load
+    from ..models import load
 
     say = log or (lambda msg: None)
-    if not isinstance(model, ModelOrganism):
-        model = load(model, device=device)
-    elif device is not None:
-        model = model.to(device)
+    model = load(model, device=device)
     s = resolve_settings(data, quick, settings, **overrides)
+    if s.caricature_photo is not None and not Path(s.caricature_photo).is_file():
+        raise FeatvizError(f"caricature photo not found: {s.caricature_photo}")
     site = Path(out)
     if site.exists() and not site.is_dir():
         raise FeatvizError(f"{site} exists and is not a folder")
@@ -193,7 +194,10 @@ class _Builder:
                 units = self.plan[layer]
                 self.examples_panels(store, layer, units)
                 work += self.classes_panels(store, layer, units)
+                work += self.circuits_panels(store, layer, units)
+                work += self.caricature_jobs(store, layer, units)
                 write_pages(self.site, self.man, self.slug, layers=[layer])
+            self.class_panels(store)
         finally:
             store.close()
         for layer in self.layers:
@@ -330,6 +334,159 @@ class _Builder:
         return torch.stack(out) if out else torch.empty(0, 3, self.model.input_size, self.model.input_size,
                                                         dtype=torch.uint8)
 
+    # -- circuits, caricatures, class pages (featviz.microscope.circuits / caricature) ----------------------
+    def circuits_panels(self, store, layer: str, units: list[int]) -> list[_Work]:
+        """The units of the previous built layer that excite / inhibit each unit most: through the
+        weights when the path is linear (done here), else by attribution, as engine jobs."""
+        source = circuits.source_layer(self.model, layer, self.layers)
+        if source is None:
+            return []
+        route = circuits.linear_route(self.model, source, layer)
+        ex_settings = {k: v for k, v in store.settings.items() if k != "layers"}
+        extra = ({"method": circuits.WEIGHTS, "source": source} if route is not None else
+                 {"method": circuits.ATTRIBUTION, "source": source, "store": digest(ex_settings),
+                  "images": ATTRIBUTION_IMAGES})
+        h, _ = self.hash_of(CIRCUITS, extra)
+        todo = self.missing(layer, units, CIRCUITS, h)
+        if not todo:
+            return []
+        # Each listed unit is shown by its top crop (every unit of a built layer has one).
+        crops = {u: self._store_rel(store, ex[0]) for u in range(self.model.layer(source).channels)
+                 if (ex := store.top(source, u, by="max", k=1))}
+        work = []
+        for part in chunks(todo, 16):
+            if route is not None:
+                t = time.perf_counter()
+                weight, name = route
+                meta = {"method": circuits.WEIGHTS, "source": source, "detail": name}
+                self._finish_circuits(layer, part, h, meta, crops, False, weight[part], time.perf_counter() - t)
+            else:
+                images = [self._example_pixels(store, layer, u) for u in part]
+                meta = {"method": circuits.ATTRIBUTION, "source": source, "n_images": ATTRIBUTION_IMAGES}
+                work.append(_Work(Job(circuit_effects, (source, layer, part, images)),
+                                  partial(self._finish_circuits, layer, part, h, meta, crops, True), layer))
+        return work
+
+    def _finish_circuits(self, layer, part, h, meta, crops, was_job: bool, effects, seconds) -> None:
+        panels = []
+        for u, row in zip(part, effects):
+            excite, inhibit = circuits.strongest(row, self.s.circuit_units)
+            shown = {v[0] for v in excite + inhibit}
+            panels.append(Panel(self.slug, layer, u, CIRCUITS, h, (),
+                                meta | {"excite": excite, "inhibit": inhibit,
+                                        "crops": {str(k): crops[k] for k in sorted(shown) if k in crops}}))
+        if was_job:
+            self._account(CIRCUITS, seconds)
+        else:
+            self.report.seconds[CIRCUITS] += seconds
+        self.commit(panels, CIRCUITS)
+
+    def _store_rel(self, store, example) -> str:
+        return "/".join([self.slug, EXAMPLES_DIR, example.image_file.relative_to(store.path).as_posix()])
+
+    def caricature_jobs(self, store, layer: str, units: list[int]) -> list[_Work]:
+        """Caricatures of each unit's top photo (or, given a photo, one of that photo for the layer)."""
+        import numpy as np
+        from PIL import Image
+
+        from ..examples import letterbox, read_photo
+
+        photo = self.s.caricature_photo
+        if photo is not None:
+            try:
+                data = Path(photo).read_bytes()
+                # letterboxed (grey bars) rather than stretched to the square canvas
+                pixels = np.array(letterbox(read_photo(photo), self.s.size))
+            except (OSError, FeatvizError) as exc:
+                raise FeatvizError(f"cannot read the caricature photo {photo}: {exc}") from None
+            h, settings = self.hash_of(CARICATURE, {"photo": hashlib.sha256(data).hexdigest()})
+            if self.man.current(self.slug, layer, -1, CARICATURE, h):
+                self.report.skipped[CARICATURE] += 1
+                return []
+            picture = torch.from_numpy(pixels).permute(2, 0, 1)[None].contiguous()
+            sources = [(-1, picture, Path(photo).name, None)]
+            batches = [sources]
+        else:
+            ex_settings = {k: v for k, v in store.settings.items() if k != "layers"}
+            h, settings = self.hash_of(CARICATURE, {"store": digest(ex_settings)})
+            batches = []
+            for batch in chunks(units, self.s.batch_size):
+                todo = self.missing(layer, batch, CARICATURE, h)
+                rows = []
+                for u in todo:
+                    top = store.top(layer, u, k=1)
+                    if not top:
+                        continue
+                    with Image.open(top[0].image_file) as img:
+                        picture = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)[None].contiguous()
+                    rows.append((u, picture, top[0].path, self._store_rel(store, top[0])))
+                if rows:
+                    batches.append(rows)
+        work = []
+        for rows in batches:
+            seed = batch_seed(h, layer, rows[0][0])
+            # photos of a batch share the size of the examples pass (or are the one given photo)
+            job = Job(caricature.render_caricatures, (layer, torch.cat([r[1] for r in rows]), self.s, seed))
+            label = f"{layer}: caricatures of {'the given photo' if photo else 'units ' + _span([r[0] for r in rows])}"
+            work.append(_Work(job, partial(self._finish_caricatures, layer, rows, seed, settings, h, label), layer))
+        return work
+
+    def _finish_caricatures(self, layer, rows, seed, settings, h, label, results, seconds) -> None:
+        panels = []
+        for (u, pixels, source, photo_rel), (image, figures) in zip(rows, results):
+            meta = {"panel": CARICATURE, "layer": layer, "unit": u, "settings": settings, "seed": seed,
+                    "photo": source}
+            folder = self.rel(layer_dir(layer)) if u < 0 else self.rel(layer_dir(layer), u)
+            files = [self.save(image, f"{folder}/caricature.png", meta)]
+            if photo_rel is None:  # the given photo: keep a copy beside its caricature
+                files.append(self._thumb_sized(pixels[0].float() / 255.0, f"{folder}/caricature-photo.jpg",
+                                               self.s.size))
+                photo_rel = files[-1]
+            panels.append(Panel(self.slug, layer, u, CARICATURE, h, tuple(files),
+                                {"seed": seed, "photo": photo_rel, "source": source} | figures))
+        self._account(CARICATURE, seconds)
+        self.commit(panels, CARICATURE)
+        self.say(f"{label} in {seconds:.1f} s")
+
+    def _thumb_sized(self, image: torch.Tensor, rel: str, side: int) -> str:
+        from PIL import Image
+
+        pic = to_pil(image).resize((side, side), Image.LANCZOS)
+        atomic_write(self.site / rel, lambda tmp: pic.save(tmp, format="JPEG", quality=JPEG_QUALITY))
+        return rel
+
+    def class_panels(self, store) -> None:
+        """For the class pages: each class's top photos by its logit (over the photos the examples pass
+        kept), and the units that push each class most (exact through a linear readout)."""
+        if not self.model.num_classes:
+            return
+        ex_settings = {k: v for k, v in store.settings.items() if k != "layers"}
+        h, _ = self.hash_of(CLASS_PHOTOS, {"store": digest(ex_settings), "k": self.s.k})
+        if self.man.current(self.slug, "", -1, CLASS_PHOTOS, h):
+            self.report.skipped[CLASS_PHOTOS] += 1
+        else:
+            t = time.perf_counter()
+            files = [f for f in store.media_files() if f.startswith("media/images/")]
+            paths = store.images()
+            info = cls.top_photos(self.model, [store.path / f for f in files], self.s.k, self.model.input_size)
+            info["images"] = [["/".join([self.slug, EXAMPLES_DIR, f]), paths[int(Path(f).stem)]] for f in files]
+            self.report.seconds[CLASS_PHOTOS] += time.perf_counter() - t
+            self.commit([Panel(self.slug, "", -1, CLASS_PHOTOS, h, (), info)], CLASS_PHOTOS)
+        for layer in self.layers:
+            readout = cls.linear_readout(self.model, layer)
+            if readout is None:
+                continue
+            h, _ = self.hash_of(CLASS_UNITS, {"layer": layer, "top": self.s.circuit_units})
+            if self.man.current(self.slug, layer, -1, CLASS_UNITS, h):
+                self.report.skipped[CLASS_UNITS] += 1
+                continue
+            weight, name = readout
+            crops = {str(u): self._store_rel(store, ex[0]) for u in range(weight.shape[1])
+                     if (ex := store.top(layer, u, by="max", k=1))}
+            info = ({"method": cls.WEIGHTS, "detail": name, "crops": crops}
+                    | cls.units_per_class(weight, self.s.circuit_units))
+            self.commit([Panel(self.slug, layer, -1, CLASS_UNITS, h, (), info)], CLASS_UNITS)
+
     # -- renders ------------------------------------------------------------------------------------------------------
     # Each render batch is a Job for the engine (run here or on Ray workers) plus a finisher that the
     # driver calls with its result: it alone writes the PNGs and commits the manifest.
@@ -439,6 +596,11 @@ class _Work:
 def attribution_effects(model, layer: str, units: list[int], pixels: list[torch.Tensor]) -> torch.Tensor:
     """A job: the logit effects of ``units`` by attribution over their example images (uint8)."""
     return cls.logit_effects_attribution(model, layer, units, [p.float() / 255.0 for p in pixels])
+
+
+def circuit_effects(model, source: str, layer: str, units: list[int], pixels: list[torch.Tensor]) -> torch.Tensor:
+    """A job: the circuits of ``units`` by attribution over their example images (uint8)."""
+    return circuits.attribution_circuits(model, source, layer, units, [p.float() / 255.0 for p in pixels])
 
 
 def examples_info(store, model_slug: str, layer: str, unit: int) -> tuple[dict, list[str]]:

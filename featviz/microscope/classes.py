@@ -82,6 +82,10 @@ def logit_effects_attribution(model, layer: str, units: Sequence[int], images: S
             with torch.no_grad(), fwAD.dual_level():
                 logits = model(x)
                 tangent = fwAD.unpack_dual(logits).tangent
+        except NotImplementedError:  # an op without forward-mode AD (PyTorch's fused attention in a ViT)
+            tangent = None
+            handle.remove()
+            tangent = _central_difference(model, module, layer, x, chans)
         finally:
             handle.remove()
         if tangent is None:  # the logits do not depend on the layer
@@ -90,6 +94,22 @@ def logit_effects_attribution(model, layer: str, units: Sequence[int], images: S
         out.index_add_(0, idx, tangent.float().cpu())
         counts.index_add_(0, idx, torch.ones(len(idx)))
     return out / counts.clamp_min(1)[:, None]
+
+
+@torch.no_grad()
+def _central_difference(model, module, layer: str, x: torch.Tensor, chans: torch.Tensor, eps: float = 1e-2):
+    """d logits / d(uniform shift of the unit) as (logits(+eps) - logits(-eps)) / 2 eps."""
+    results = []
+    for sign in (1.0, -1.0):
+        def shift(_module, _inputs, output, sign=sign):
+            return output + sign * eps * model.unit_tangent(layer, output, chans)
+
+        handle = module.register_forward_hook(shift)
+        try:
+            results.append(model(x).double())
+        finally:
+            handle.remove()
+    return ((results[0] - results[1]) / (2 * eps)).float()
 
 
 def top_classes(model, effects: torch.Tensor, k: int) -> tuple[list, list]:
@@ -108,3 +128,36 @@ def describe(method: str, layer: str, detail: str = "", n_images: int = 0) -> st
                 f"classifier ({detail}), so these are the classifier's weights for this unit (exact)")
     return (f"by attribution: the derivative of each logit with respect to this unit's activation raised "
             f"uniformly over the image, averaged over its top {n_images} dataset examples")
+
+
+@torch.no_grad()
+def top_photos(model, files: Sequence, k: int, size: int, batch_size: int = 32) -> dict:
+    """{"top": per class, [[photo index, logit], ...] for its ``k`` photos with the highest logit}
+    over the image ``files`` (read as RGB, resized to ``size``)."""
+    import numpy as np
+    from PIL import Image
+
+    logits = []
+    for start in range(0, len(files), batch_size):
+        batch = []
+        for path in files[start:start + batch_size]:
+            with Image.open(path) as img:
+                pixels = np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32)
+            batch.append(torch.from_numpy(pixels).permute(2, 0, 1) / 255.0)
+        logits.append(model(torch.stack(batch).to(model.device)).float().cpu())
+    if not logits:
+        return {"top": [[] for _ in range(model.num_classes)]}
+    table = torch.cat(logits)  # (photos, classes)
+    values, index = table.topk(min(k, table.shape[0]), dim=0)
+    return {"top": [[[int(i), round(float(v), 4)] for v, i in zip(values[:, c], index[:, c])]
+                    for c in range(table.shape[1])]}
+
+
+def units_per_class(weight: torch.Tensor, k: int) -> dict:
+    """{"up": per class [[unit, weight], ...] of its k largest weights, "down": the k most negative}
+    from a linear readout's weight matrix (classes, channels)."""
+    k = min(k, weight.shape[1])
+    up_v, up_i = weight.topk(k, dim=1)
+    down_v, down_i = (-weight).topk(k, dim=1)
+    return {"up": [[[int(i), round(float(v), 5)] for v, i in zip(vs, idx)] for vs, idx in zip(up_v, up_i)],
+            "down": [[[int(i), round(float(-v), 5)] for v, i in zip(vs, idx)] for vs, idx in zip(down_v, down_i)]}

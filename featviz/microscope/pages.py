@@ -1,4 +1,4 @@
-"""The microscope's pages: plain HTML generated from the manifest.
+"""The microscope's pages: HTML from the Jinja2 templates in ``templates/``, filled from the manifest.
 
 Layout of a site (every link is relative, so a site works from ``file://``,
 any static web server, or ``featviz serve``)::
@@ -13,25 +13,27 @@ any static web server, or ``featviz serve``)::
     SITE/<model>/<layer>/<unit>/index.html   a unit: visualizations, examples, classes
     SITE/<model>/_reports/<name>/index.html   a report (``featviz report ... --site``), linked from the model page
 
-Pages depend only on the manifest, so equal manifests give byte-equal pages.
+This module turns the manifest into plain values (lists, dicts, numbers) and the
+templates turn those into HTML; the templates autoescape every value, so no
+function here writes markup. Pages depend only on the manifest, so equal
+manifests give byte-equal pages.
 """
 from __future__ import annotations
 
-import hashlib
-import html
 import json
-import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
-from string import Template
+
+import jinja2
 
 from ..imageio import atomic_write
+from . import circuits
 from .classes import describe
 from .manifest import Manifest, Panel
-from .settings import (CLASS_VIS, CLASSES, CLASSES_DIR, DIVERSITY, DREAM, EXAMPLES, MANIFEST_NAME, STATIC_DIR,
-                       slug)
+from .settings import (CARICATURE, CIRCUITS, CLASS_PAGES_DIR, CLASS_PHOTOS, CLASS_UNITS, CLASS_VIS, CLASSES,
+                       CLASSES_DIR, COMPARE, COMPARE_DIR, DIVERSITY, DREAM, EXAMPLES, STATIC_DIR, slug)
 
 REPORT = "report:"      # panel kind prefix of reports: report:transfer
 REPORTS_DIR = "_reports"
@@ -41,12 +43,24 @@ EX_PX = 96        # of a dataset example
 THUMB_PX = 72     # of a layer-grid thumbnail (the file is 64 px; shown a little larger)
 CLASS_PX = 160
 
-e = html.escape
-
 
 @lru_cache(maxsize=1)
-def _template() -> Template:
-    return Template(resources.files(__package__).joinpath("templates/page.html").read_text(encoding="utf-8"))
+def templates() -> jinja2.Environment:
+    """The Jinja2 environment of the site's templates (package data), autoescaping everything."""
+    env = jinja2.Environment(loader=jinja2.PackageLoader("featviz.microscope", "templates"),
+                             autoescape=True, trim_blocks=True, lstrip_blocks=True,
+                             keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    env.filters["num"] = lambda v: f"{v:.3g}"
+    env.filters["signed"] = lambda v: f"{v:+.3g}"
+    return env
+
+
+def render(template: str, **context) -> str:
+    """A page from its template. ``context`` fills the page shell too: title, root, page, model,
+    layer, unit, placeholder, model_js (the script with the model's data) and settings (footer)."""
+    shell = {"model": "", "layer": "", "unit": "", "placeholder": "blocks.8:12, class 309", "model_js": "",
+             "settings": None}
+    return templates().get_template(template).render(shell | context)
 
 
 def static_files() -> dict[str, bytes]:
@@ -105,7 +119,16 @@ class ModelView:
         return [l["name"] for l in self.info["layers"] if l["name"] in have]
 
     def built_units(self, layer: str) -> list[int]:
-        return sorted({unit for (l, unit, _), _p in self.panels.items() if l == layer and unit >= 0})
+        return self._units_by_layer.get(layer, [])
+
+    @cached_property
+    def _units_by_layer(self) -> dict[str, list[int]]:
+        """layer -> its built units, sorted (pages ask this for every unit they link)."""
+        by_layer: dict[str, set[int]] = {}
+        for layer, unit, _kind in self.panels:
+            if layer and unit >= 0:
+                by_layer.setdefault(layer, set()).add(unit)
+        return {layer: sorted(units) for layer, units in by_layer.items()}
 
     def sequence(self) -> list[tuple[str, int]]:
         """Every built unit in model order: what next / previous walk through."""
@@ -127,53 +150,17 @@ def layer_dir(layer: str) -> str:
     return slug(layer)
 
 
-# -- helpers --------------------------------------------------------------------------------------------
-def _rel(from_depth: int, site_path: str) -> str:
+def site_link(from_depth: int, site_path: str) -> str:
     """A link from a page ``from_depth`` folders below the site root to a site-relative path."""
     return "../" * from_depth + site_path
 
 
-def _page(*, title: str, root: str, page: str, body: str, crumbs: str, model: str = "", layer: str = "",
-          unit: str = "", scripts: str = "", placeholder: str = "blocks.8:12, class 309", footer: str = "") -> str:
-    return _template().substitute(title=e(title), root=root, page=page, model=e(model), layer=e(layer),
-                                  unit=e(unit), body=body, crumbs=crumbs, scripts=scripts,
-                                  placeholder=e(placeholder), footer=footer)
-
-
-def _img(src: str, px: int, alt: str, lazy: bool = True, cls: str = "") -> str:
-    loading = ' loading="lazy" decoding="async"' if lazy else ""
-    klass = f' class="{cls}"' if cls else ""
-    return f'<img src="{e(src)}" width="{px}" height="{px}" alt="{e(alt)}"{loading}{klass}>'
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.3g}"
-
-
-def _settings_line(info: dict) -> str:
-    s = info.get("settings", {})
-    if not s:
-        return ""
-    return (f" &middot; built with {s.get('steps')} steps at {s.get('size')} px "
-            f"({e(str(s.get('recipe')))} recipe, {e(str(s.get('preset')))} preset)")
+def build_settings(view: ModelView) -> dict | None:
+    """The build settings the footer states (None when the manifest has none)."""
+    return view.info.get("settings") or None
 
 
 # -- unit page ---------------------------------------------------------------------------------------
-CAPTIONS = {
-    "channel": "<b>Channel</b>: an image optimized to maximize this channel's mean activation over all positions, "
-               "so the pattern it looks for is repeated everywhere.",
-    "neuron": "<b>Neuron</b>: optimized to maximize this channel at the centre position only: what one neuron "
-              "looks for in its receptive field (the rest of the image does not matter to it).",
-    "negative": "<b>Negative</b>: optimized to <i>minimize</i> the channel's mean activation: what turns it down most.",
-    "diversity": "<b>Diversity</b>: four images that all excite the channel while a diversity term pushes them "
-                 "apart: different things, or facets, that make it fire.",
-    "top_max": "<b>Top crops</b>: the patch of each photo around the position where this unit fires most "
-               "(its receptive field), for the photos with the highest single-position activation.",
-    "top": "<b>Top photos</b>: the whole photos with the highest mean activation of this channel.",
-    "bottom": "<b>Bottom photos</b>: the photos with the lowest mean activation: what it fires least on.",
-}
-
-
 def unit_page(view: ModelView, layer: str, unit: int, extra: dict[str, Panel] | None = None) -> str:
     """The page of one unit. Unbuilt panels show a placeholder (and, under ``featviz serve``,
     are rendered on demand by the page's script). ``extra``: panels to show that the
@@ -183,267 +170,291 @@ def unit_page(view: ModelView, layer: str, unit: int, extra: dict[str, Panel] | 
     def get(kind):
         return extra.get(kind) or view.panel(layer, unit, kind)
 
-    root = "../../../"
-    linfo = view.layer_info(layer) or {"channels": unit + 1, "height": None, "width": None}
-    model_dir = "../../"
+    layer_info = view.layer_info(layer) or {"channels": unit + 1, "height": None, "width": None}
+    prev, nxt = _neighbours(view, layer, unit, layer_info["channels"])
+    visuals = []
+    for kind in ("channel", "neuron", "negative"):
+        p = get(kind)
+        value = p.info.get("value") if p is not None else None
+        visuals.append({"kind": kind, "built": p is not None,
+                        "value": None if value is None else (-value if kind == "negative" else value),
+                        "silent": kind == "negative" and value == 0})
+    diversity = get(DIVERSITY)
+    settings = view.info.get("settings", {})
+    return render(
+        "unit.html", title=f"{layer}:{unit} - {view.name}", root="../../../", page="unit", model=view.slug,
+        layer=layer, unit=str(unit), placeholder=f"{layer}:{unit + 1}, class 309", model_js="../../model.js",
+        settings=build_settings(view), model_name=view.name, channels=layer_info["channels"],
+        height=layer_info.get("height"), width=layer_info.get("width"), prev=prev, next=nxt, visuals=visuals,
+        diversity=[Path(f).name for f in diversity.files] if diversity is not None else [],
+        examples=_examples_view(get(EXAMPLES)), classes=_classes_view(view, layer, get(CLASSES)),
+        circuits=_circuits_view(view, layer, get(CIRCUITS)),
+        caricature=_caricature_view(get(CARICATURE) or view.panel(layer, -1, CARICATURE), 3),
+        live={"steps": settings.get("steps", 32), "size": settings.get("size", 96), "seed": settings.get("seed", 0)},
+        vis_px=VIS_PX, div_px=DIV_PX, ex_px=EX_PX)
+
+
+def _neighbours(view: ModelView, layer: str, unit: int, channels: int) -> tuple[dict | None, dict | None]:
+    """The previous and next unit ({href, label}) in the site's walk through its built units."""
     seq = view.sequence()
     here = (layer, unit)
-    built = here in seq
-    if built:
+    if here in seq:
         i = seq.index(here)
         prev = seq[i - 1] if i > 0 else None
         nxt = seq[i + 1] if i + 1 < len(seq) else None
     else:  # a page made on demand: walk the layer's units one by one
         prev = (layer, unit - 1) if unit > 0 else None
-        nxt = (layer, unit + 1) if unit + 1 < linfo["channels"] else None
+        nxt = (layer, unit + 1) if unit + 1 < channels else None
 
-    def unit_link(target, rel, text):
+    def link(target):
         if target is None:
-            return f'<span class="off">{text}</span>'
-        tl, tu = target
-        href = f"../{tu}/index.html" if tl == layer else f"../../{layer_dir(tl)}/{tu}/index.html"
-        return f'<a rel="{rel}" href="{href}">{text}</a>'
+            return None
+        other_layer, other_unit = target
+        href = (f"../{other_unit}/index.html" if other_layer == layer
+                else f"../../{layer_dir(other_layer)}/{other_unit}/index.html")
+        return {"href": href, "label": f"{other_layer}:{other_unit}"}
 
-    prev_html = unit_link(prev, "prev", f"&larr; {e(prev[0]) + ':' + str(prev[1]) if prev else 'previous'}")
-    next_html = unit_link(nxt, "next", f"{e(nxt[0]) + ':' + str(nxt[1]) if nxt else 'next'} &rarr;")
-    size = f"{linfo['height']}&times;{linfo['width']}" if linfo.get("height") else ""
-    parts = [f'<h1>{e(layer)} <span class="unitno">unit {unit}</span></h1>',
-             f'<p class="navline">{prev_html} <a rel="up" href="../index.html">all {linfo["channels"]} units of '
-             f'{e(layer)}</a> {next_html}</p>',
-             f'<p class="sub">{e(view.name)} &middot; layer {e(layer)}, {linfo["channels"]} channels, '
-             f'{size} positions</p>']
-
-    figs = []
-    for kind in ("channel", "neuron", "negative"):
-        p = get(kind)
-        value = ""
-        if p is not None and "value" in p.info:
-            word = "reached" if kind != "negative" else "lowered to"
-            value = f' <span class="val">Activation {word} {_fmt(p.info["value"] if kind != "negative" else -p.info["value"])}.</span>'
-            if kind == "negative" and p.info["value"] == 0:
-                value += (' <span class="val">The unit is simply off here: behind a ReLU every image that turns it '
-                          'off is as good, so this picture says little.</span>')
-        if p is not None:
-            img = _img(f"{kind}.png", VIS_PX, f"{kind} visualization of {layer}:{unit}", lazy=False)
-            body = f'<a href="{kind}.png">{img}</a>'
-        else:
-            body = _pending(VIS_PX, kind)
-        figs.append(f'<figure class="panel" id="{kind}" data-kind="{kind}">{body}'
-                    f'<figcaption>{CAPTIONS[kind]}{value}</figcaption></figure>')
-    p = get(DIVERSITY)
-    n_div = len(p.files) if p is not None else 4
-    if p is not None:
-        imgs = "".join(f'<a href="{Path(f).name}">{_img(Path(f).name, DIV_PX, f"diverse image {j + 1} of {layer}:{unit}", lazy=False)}</a>'
-                       for j, f in enumerate(p.files))
-    else:
-        imgs = "".join(_pending(DIV_PX, "diversity") for _ in range(n_div))
-    figs.append(f'<figure class="panel wide" id="diversity" data-kind="diversity"><div class="row">{imgs}</div>'
-                f'<figcaption>{CAPTIONS["diversity"]}</figcaption></figure>')
-    parts.append(f'<section class="panels" id="visualizations"><h2>Feature visualization</h2>'
-                 f'<div class="figs">{"".join(figs)}</div></section>')
-
-    # dataset examples
-    p = get(EXAMPLES)
-    if p is not None:
-        ex = p.info
-        rows = []
-        # Photos that tie with the least activating one (a ReLU unit at zero) are no "top" example.
-        bottom_values = [item["value"] for item in ex.get("bottom", [])]
-        floor = min(bottom_values) if bottom_values else None
-        tied = 0
-        for kind in ("top_max", "top", "bottom"):
-            items = ex.get(kind, [])
-            if floor is not None and kind != "bottom":
-                keep = [item for item in items if item["value"] > floor + 1e-6 * max(1.0, abs(floor))]
-                tied = max(tied, len(items) - len(keep))
-                items = keep
-            if not items:
-                if kind == "top":
-                    rows.append(f'<p class="missing">No photo raised this unit above its lowest activation '
-                                f'({_fmt(floor)}).</p>')
-                continue
-            cells = []
-            for item in items:
-                src = _rel(3, item["file"])
-                where = f" at {item['pos'][0]},{item['pos'][1]}" if item.get("pos") else ""
-                title = f"{item['source']}: {'max' if kind == 'top_max' else 'mean'} activation {_fmt(item['value'])}{where}"
-                cells.append(f'<a href="{e(src)}" title="{e(title)}">{_img(src, EX_PX, title)}</a>')
-            rows.append(f'<figure class="panel examples" id="examples-{kind}"><div class="row">{"".join(cells)}</div>'
-                        f'<figcaption>{CAPTIONS[kind]}</figcaption></figure>')
-        n = ex.get("n_images")
-        note = (f" Top lists leave out photos that tie with the lowest activation ({_fmt(floor)}): this unit "
-                f"is silent on them." if tied else "")
-        ex_html = "".join(rows) + (f'<p class="sub">From {n} photos of {e(ex.get("data", ""))}.{note}</p>'
-                                   if n else "")
-    else:
-        ex_html = ('<p class="missing">No dataset examples for this layer in this build '
-                   '(build the layer with <code>featviz microscope build</code>).</p>')
-    parts.append(f'<section class="panels" id="examples"><h2>Dataset examples</h2>{ex_html}</section>')
-
-    # classes
-    p = get(CLASSES)
-    if p is not None:
-        c = p.info
-
-        shown = set(view.classes())
-
-        def class_list(items):
-            return "".join(f'<li>{_class_name(k, lbl, k in shown, model_dir)} '
-                           f'<span class="cls">({k})</span> <span class="val">{v:+.3g}</span></li>'
-                           for k, lbl, v in items)
-
-        text = describe(c["method"], layer, c.get("detail", ""), c.get("n_images", 0))
-        cls_html = (f'<figure class="panel wide" id="classes-panel"><div class="classlists">'
-                    f'<div><h3>pushes up</h3><ol class="up">{class_list(c["up"])}</ol></div>'
-                    f'<div><h3>pushes down</h3><ol class="down">{class_list(c["down"])}</ol></div></div>'
-                    f'<figcaption><b>Classes</b> whose logits this unit pushes up and down most, '
-                    f'<span class="method" data-method="{e(c["method"])}">{e(text)}</span>. The number is the '
-                    f'change of the logit per unit of the channel\'s mean activation.</figcaption></figure>')
-    else:
-        cls_html = ('<p class="missing">Not computed: this unit was not built (<code>featviz microscope build '
-                    '--units</code> adds it).</p>')
-    parts.append(f'<section class="panels" id="classes"><h2>Effect on the classes</h2>{cls_html}</section>')
-
-    # on-demand rendering (shown by the script only under featviz serve)
-    s = view.info.get("settings", {})
-    parts.append(
-        f'<section class="live" id="live" hidden><h2>Render on demand</h2>'
-        f'<form id="live-form"><label>steps <input name="steps" type="number" min="1" value="{s.get("steps", 32)}"></label> '
-        f'<label>size <input name="size" type="number" min="16" value="{s.get("size", 96)}"></label> '
-        f'<label>seed <input name="seed" type="number" min="0" value="{s.get("seed", 0)}"></label> '
-        f'<button type="submit">Render</button></form>'
-        f'<div class="progress" hidden><progress id="live-progress" max="1" value="0"></progress> '
-        f'<span id="live-status"></span></div><div id="live-results" class="figs"></div></section>')
-    body = "\n".join(parts)
-    crumbs = (f'<a href="{root}index.html">microscope</a> / <a href="{model_dir}index.html">{e(view.name)}</a> / '
-              f'<a href="../index.html">{e(layer)}</a> / <b>{unit}</b>')
-    scripts = f'<script src="{model_dir}model.js"></script>'
-    return _page(title=f"{layer}:{unit} - {view.name}", root=root, page="unit", body=body, crumbs=crumbs,
-                 model=view.slug, layer=layer, unit=str(unit), scripts=scripts,
-                 placeholder=f"{layer}:{unit + 1}, class 309",
-                 footer=_settings_line(view.info))
+    return link(prev), link(nxt)
 
 
-def _class_name(k: int, label: str, shown: bool, model_dir: str) -> str:
-    """A class name, linked to its visualization on the model page when the site has one."""
-    if shown:
-        return f'<a href="{model_dir}index.html#class-{k}" data-class="{k}">{e(label)}</a>'
-    return f'<span class="clsname">{e(label)}</span>'
+def _examples_view(panel: Panel | None) -> dict | None:
+    """The dataset-example rows of a unit page: top crops, top photos, bottom photos."""
+    if panel is None:
+        return None
+    ex = panel.info
+    # Photos that tie with the least activating one (a ReLU unit at zero) are no "top" example.
+    bottom_values = [item["value"] for item in ex.get("bottom", [])]
+    floor = min(bottom_values) if bottom_values else None
+    tied = 0
+    rows = []
+    for kind in ("top_max", "top", "bottom"):
+        items = ex.get(kind, [])
+        if floor is not None and kind != "bottom":
+            keep = [item for item in items if item["value"] > floor + 1e-6 * max(1.0, abs(floor))]
+            tied = max(tied, len(items) - len(keep))
+            items = keep
+        if not items and kind != "top":
+            continue
+        cells = []
+        for item in items:
+            where = f" at {item['pos'][0]},{item['pos'][1]}" if item.get("pos") else ""
+            statistic = "max" if kind == "top_max" else "mean"
+            cells.append({"src": site_link(3, item["file"]),
+                          "title": f"{item['source']}: {statistic} activation {item['value']:.3g}{where}"})
+        rows.append({"kind": kind, "cells": cells})
+    return {"rows": rows, "floor": floor, "tied": tied, "n_images": ex.get("n_images"), "data": ex.get("data", "")}
 
 
-def _pending(px: int, kind: str) -> str:
-    return (f'<div class="pending" data-pending="{kind}" style="width:{px}px;height:{px}px">'
-            f'<span>not built</span></div>')
+def _classes_view(view: ModelView, layer: str, panel: Panel | None) -> dict | None:
+    """The classes a unit pushes up and down, each linked where the site shows that class."""
+    if panel is None:
+        return None
+    info = panel.info
+    def items(rows):
+        return [{"index": k, "label": label, "value": value, "href": f"../../{class_dir(k)}/index.html"}
+                for k, label, value in rows]
+
+    return {"up": items(info["up"]), "down": items(info["down"]), "method": info["method"],
+            "text": describe(info["method"], layer, info.get("detail", ""), info.get("n_images", 0))}
+
+
+def unit_tile(view: ModelView, layer: str, unit: int, depth: int, crop: str | None = None) -> dict:
+    """A link to a unit's page from a page ``depth`` folders below the site root, with its thumbnail
+    (its channel visualization, else its top dataset crop ``crop``, site-relative)."""
+    base = site_link(depth, f"{view.slug}/{layer_dir(layer)}/{unit}/")
+    thumb = (base + "thumb.jpg" if view.panel(layer, unit, "channel") is not None
+             else site_link(depth, crop) if crop else None)
+    return {"layer": layer, "unit": unit, "href": base + "index.html", "thumb": thumb,
+            "built": unit in view.built_units(layer)}
+
+
+def _circuits_view(view: ModelView, layer: str, panel: Panel | None) -> dict | None:
+    """The units of an earlier layer that excite and inhibit this unit most, with their thumbnails."""
+    if panel is None:
+        return None
+    info = panel.info
+    source, crops = info["source"], info.get("crops", {})
+
+    def tiles(rows):
+        return [unit_tile(view, source, u, 3, crops.get(str(u))) | {"value": value} for u, value in rows]
+
+    return {"source": source, "method": info["method"], "excite": tiles(info["excite"]),
+            "inhibit": tiles(info["inhibit"]),
+            "text": circuits.describe(info["method"], source, layer, info.get("detail", ""), info.get("n_images", 0))}
+
+
+def _caricature_view(panel: Panel | None, depth: int) -> dict | None:
+    """The caricature and the photo it started from (a unit's own, or the layer's given photo), for a
+    page ``depth`` folders below the site root."""
+    if panel is None:
+        return None
+    info = panel.info
+    return {"src": site_link(depth, panel.files[0]), "photo": site_link(depth, info["photo"]), "source": info["source"],
+            "cosine": info.get("cosine"), "gain": info.get("gain"), "own": panel.unit >= 0}
 
 
 # -- layer page -----------------------------------------------------------------------------------------
 def layer_page(view: ModelView, layer: str) -> str:
-    root = "../../"
-    linfo = view.layer_info(layer) or {"channels": 0}
+    layer_info = view.layer_info(layer) or {"channels": 0}
     built = set(view.built_units(layer))
     with_thumb = {u for u in built if view.panel(layer, u, "channel") is not None}
     layers = view.built_layers()
     i = layers.index(layer) if layer in layers else -1
     prev = layers[i - 1] if i > 0 else None
     nxt = layers[i + 1] if 0 <= i < len(layers) - 1 else None
-    prev_html = f'<a rel="prev" href="../{layer_dir(prev)}/index.html">&larr; {e(prev)}</a>' if prev else '<span class="off">&larr;</span>'
-    next_html = f'<a rel="next" href="../{layer_dir(nxt)}/index.html">{e(nxt)} &rarr;</a>' if nxt else '<span class="off">&rarr;</span>'
-    size = f"{linfo.get('height')}&times;{linfo.get('width')}" if linfo.get("height") else ""
-    parts = [f"<h1>{e(layer)}</h1>",
-             f'<p class="navline">{prev_html} <a rel="up" href="../index.html">all layers</a> {next_html}</p>',
-             f'<p class="sub">{linfo["channels"]} channels &middot; {size} positions &middot; '
-             f'{len(with_thumb)} units rendered in this site</p>']
-    dream = view.panel(layer, -1, DREAM)
-    if dream is not None:
-        px = 256
-        parts.append(f'<figure class="panel dream" id="dream"><a href="dream.png">{_img("dream.png", px, f"DeepDream of {layer}", lazy=False)}</a>'
-                     f'<figcaption><b>DeepDream of the layer</b>: an image optimized to maximize the mean squared '
-                     f'activation of all {linfo["channels"]} channels of {e(layer)} at once, starting from noise: '
-                     f'the textures and parts this layer as a whole responds to.</figcaption></figure>')
-    tiles = []
-    for u in range(linfo["channels"]):
-        if u in with_thumb:
-            tiles.append(f'<a class="tile" href="{u}/index.html" id="u{u}">{_img(f"{u}/thumb.jpg", THUMB_PX, f"unit {u}")}'
-                         f'<span>{u}</span></a>')
-        elif u in built:
-            tiles.append(f'<a class="tile" href="{u}/index.html" id="u{u}"><i class="blank"></i><span>{u}</span></a>')
-        else:
-            tiles.append(f'<a class="tile unbuilt" href="{u}/index.html" id="u{u}" data-unbuilt="1" '
-                         f'title="not built: featviz serve renders it on demand"><i class="blank"></i><span>{u}</span></a>')
-    parts.append(f'<section id="units"><h2>Units</h2><p class="caption">Each tile is the channel visualization of one unit; '
-                 f'click for its page. Grey tiles were not built (under <code>featviz serve</code> they render on '
-                 f'demand).</p><div class="grid">{"".join(tiles)}</div></section>')
-    crumbs = (f'<a href="{root}index.html">microscope</a> / <a href="../index.html">{e(view.name)}</a> / '
-              f'<b>{e(layer)}</b>')
-    return _page(title=f"{layer} - {view.name}", root=root, page="layer", body="\n".join(parts), crumbs=crumbs,
-                 model=view.slug, layer=layer, scripts='<script src="../model.js"></script>',
-                 placeholder=f"{layer}:12, 12, class 309", footer=_settings_line(view.info))
+
+    def link(name):
+        return {"href": f"../{layer_dir(name)}/index.html", "label": name} if name else None
+
+    tiles = [(u, "thumb" if u in with_thumb else "built" if u in built else "unbuilt")
+             for u in range(layer_info["channels"])]
+    connections = _connections(view, layer, sorted(built))
+    return render("layer.html", title=f"{layer} - {view.name}", root="../../", page="layer", model=view.slug,
+                  layer=layer, placeholder=f"{layer}:12, 12, class 309", model_js="../model.js",
+                  settings=build_settings(view), model_name=view.name, channels=layer_info["channels"],
+                  height=layer_info.get("height"), width=layer_info.get("width"), rendered=len(with_thumb),
+                  prev=link(prev), next=link(nxt), dream=view.panel(layer, -1, DREAM) is not None, tiles=tiles,
+                  thumb_px=THUMB_PX, connections=connections,
+                  caricature=_caricature_view(view.panel(layer, -1, CARICATURE), 2))
+
+
+def _connections(view: ModelView, layer: str, units: list[int], n: int = 12) -> dict | None:
+    """The strongest connections into a layer's built units (from their circuits panels), strongest first."""
+    panels = [p for u in units if (p := view.panel(layer, u, CIRCUITS)) is not None]
+    if not panels:
+        return None
+    rows = []
+    for p in panels:
+        crops = p.info.get("crops", {})
+        for u, value in p.info["excite"] + p.info["inhibit"]:
+            rows.append((abs(value), p.unit, u, value, crops.get(str(u))))
+    rows.sort(key=lambda r: (-r[0], r[1], r[2]))
+    source = panels[0].info["source"]
+    return {"source": source, "method": panels[0].info["method"],
+            "rows": [{"from": unit_tile(view, source, u, 2, crop), "to": unit_tile(view, layer, target, 2),
+                      "value": value} for _abs, target, u, value, crop in rows[:n]]}
+
+
+# -- class pages ---------------------------------------------------------------------------------------------
+def class_dir(c: int) -> str:
+    return f"{CLASS_PAGES_DIR}/{c}"
+
+
+def class_page(view: ModelView, c: int) -> str:
+    """``<model>/classes/<c>/``: the class's visualization, its top dataset photos by its logit, and
+    the units that push it most (exact through a linear readout; else the built units whose
+    class-effect panel lists it)."""
+    n = view.info.get("num_classes") or 0
+    vis = view.panel("", c, CLASS_VIS)
+    photos_panel = view.panel("", -1, CLASS_PHOTOS)
+    photos = []
+    if photos_panel is not None:
+        images = photos_panel.info["images"]
+        for i, value in photos_panel.info["top"][c]:
+            rel, source = images[i]
+            photos.append({"src": site_link(3, rel), "title": f"{source}: logit {value:.3g}"})
+    readouts, listed = [], []
+    for layer in view.built_layers():
+        panel = view.panel(layer, -1, CLASS_UNITS)
+        if panel is not None:
+            crops = panel.info.get("crops", {})
+            readouts.append({"layer": layer, "detail": panel.info.get("detail", ""),
+                             "up": [unit_tile(view, layer, u, 3, crops.get(str(u))) | {"value": v}
+                                    for u, v in panel.info["up"][c]],
+                             "down": [unit_tile(view, layer, u, 3, crops.get(str(u))) | {"value": v}
+                                      for u, v in panel.info["down"][c]]})
+            continue
+        up, down = [], []
+        for u in view.built_units(layer):
+            effects = view.panel(layer, u, CLASSES)
+            if effects is None:
+                continue
+            for rows, out in ((effects.info["up"], up), (effects.info["down"], down)):
+                out += [unit_tile(view, layer, u, 3) | {"value": value} for k, _label, value in rows if k == c]
+        if up or down:
+            listed.append({"layer": layer, "up": sorted(up, key=lambda t: -t["value"]),
+                           "down": sorted(down, key=lambda t: t["value"])})
+
+    def link(k):
+        return {"href": f"../{k}/index.html", "label": f"{view.label(k)} ({k})"} if 0 <= k < n else None
+
+    return render("class.html", title=f"class {c} {view.label(c)} - {view.name}", root="../../../", page="class",
+                  model=view.slug, unit=str(c), placeholder=f"class {c + 1}, blocks.8:12", model_js="../../model.js",
+                  settings=build_settings(view), model_name=view.name, index=c, label=view.label(c),
+                  vis=site_link(3, vis.files[0]) if vis is not None else None, photos=photos,
+                  n_photos=len(photos_panel.info["images"]) if photos_panel is not None else 0,
+                  readouts=readouts, listed=listed, prev=link(c - 1), next=link(c + 1), class_px=CLASS_PX * 3 // 2,
+                  ex_px=EX_PX)
+
+
+# -- comparison page -----------------------------------------------------------------------------------------
+def compare_page(view_a: ModelView, view_b: ModelView, info: dict, n_best: int = 12) -> str:
+    """``_compare/<a>--<b>/``: the classes both visualized, side by side, and per pair of layers of
+    matching depth the best-correlated unit of b for each unit of a (``featviz.microscope.compare``)."""
+    shared = [c for c in view_a.classes() if c in set(view_b.classes())]
+    classes = [{"index": c, "label": view_a.label(c),
+                "a": site_link(2, view_a.panel("", c, CLASS_VIS).files[0]),
+                "b": site_link(2, view_b.panel("", c, CLASS_VIS).files[0]),
+                "href_a": site_link(2, f"{view_a.slug}/{class_dir(c)}/index.html"),
+                "href_b": site_link(2, f"{view_b.slug}/{class_dir(c)}/index.html")} for c in shared]
+    pairs = []
+    for row in info["pairs"]:
+        a, b = row["a"], row["b"]
+
+        def match(u):
+            other, r = row["best"][u]
+            return {"a": unit_tile(view_a, a, u, 2, row["crops_a"].get(str(u))),
+                    "b": unit_tile(view_b, b, other, 2, row["crops_b"].get(str(other))), "r": r}
+
+        strongest = sorted(range(len(row["best"])), key=lambda u: (-row["best"][u][1], u))[:n_best]
+        pairs.append({"a": a, "b": b, "units": len(row["best"]), "mean_best": row["mean_best"],
+                      "strongest": [match(u) for u in strongest],
+                      "built": [match(u) for u in view_a.built_units(a) if u < len(row["best"])]})
+    return render("compare.html", title=f"{view_a.name} and {view_b.name} - microscope", root="../../",
+                  page="compare", name_a=view_a.name, name_b=view_b.name, href_a=f"../../{view_a.slug}/index.html",
+                  href_b=f"../../{view_b.slug}/index.html", n_photos=info["n_photos"], classes=classes, pairs=pairs,
+                  class_px=CLASS_PX)
 
 
 # -- model page ---------------------------------------------------------------------------------------------
 def model_page(view: ModelView) -> str:
-    root = "../"
-    built = set(view.built_layers())
-    rows = []
-    reports = view.reports()
-    # The transfer report's probe accuracies go beside the layers they were measured on.
-    probe = next((p.info.get("layers") for p in reports if p.panel == REPORT + "transfer"), None) or {}
-    probe_link = f"{REPORTS_DIR}/transfer/index.html"
-    for l in view.layer_table():
-        name = l["name"]
-        size = f"{l['height']}&times;{l['width']}" if l.get("height") else "&ndash;"
-        n = len([u for u in view.built_units(name)])
-        link = f'<a href="{layer_dir(name)}/index.html">{e(name)}</a>' if name in built else \
-            f'<a class="unbuilt" href="{layer_dir(name)}/index.html" data-unbuilt="1">{e(name)}</a>' if l.get("height") else e(name)
-        acc = ""
-        if probe:
-            acc = "".join(f'<td class="num">{"" if v is None else f"{v:.3f}"}</td>'
-                          for v in (probe.get(name) or [None, None])[:2])
-        rows.append(f'<tr{" class=built" if name in built else ""}><td>{link}</td><td class="num">{l["channels"]}</td>'
-                    f'<td class="num">{size}</td><td class="num">{n or ""}</td>{acc}</tr>')
-    probe_head = (f'<th><a href="{probe_link}" title="linear-probe accuracy on a new task (featviz report transfer)">'
-                  f'probe, trained</a></th><th>probe, random init</th>') if probe else ""
-    table = ('<table class="layers"><thead><tr><th>layer</th><th>channels</th><th>positions</th><th>units built</th>'
-             f'{probe_head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
-    figs = []
-    for c in view.classes():
-        p = view.panel("", c, CLASS_VIS)
-        src = f"{CLASSES_DIR}/{Path(p.files[0]).name}"
-        figs.append(f'<figure class="panel class" id="class-{c}"><a href="{src}">{_img(src, CLASS_PX, view.label(c))}</a>'
-                    f'<figcaption>{e(view.label(c))} <span class="cls">({c})</span></figcaption></figure>')
-    classes = ""
-    if figs:
-        classes = (f'<section id="classes"><h2>Class visualizations</h2><p class="caption">Images optimized to '
-                   f'maximize one class logit each: what the network as a whole takes for that class.</p>'
-                   f'<div class="figs">{"".join(figs)}</div></section>')
-    report_items = "".join(
-        f'<li><a href="{REPORTS_DIR}/{e(p.panel[len(REPORT):])}/index.html">{e(p.info.get("title", p.panel))}</a>'
-        f' <span class="sub">{e(p.info.get("summary", ""))}</span></li>' for p in reports)
-    report_section = (f'<section id="reports"><h2>Reports</h2><p class="caption">Experiments on this network '
-                      f'(<code>featviz report ... --site</code>), with their settings and figures.</p>'
-                      f'<ul class="reports">{report_items}</ul></section>') if reports else ""
     info = view.info
-    parts = [f"<h1>{e(view.name)}</h1>",
-             f'<p class="sub">input {info.get("input_size")}&times;{info.get("input_size")} RGB &middot; '
-             f'{len(view.layer_table())} layers &middot; {info.get("num_classes") or "no"} classes</p>',
-             f'<section id="layers"><h2>Layers</h2><p class="caption">The main layers in the order the network runs '
-             f'them, with their number of channels (units) and spatial size at the input size. Built layers link to '
-             f'their units.</p>{table}</section>', report_section, classes]
-    crumbs = f'<a href="{root}index.html">microscope</a> / <b>{e(view.name)}</b>'
-    return _page(title=f"{view.name} - microscope", root=root, page="model", body="\n".join(parts), crumbs=crumbs,
-                 model=view.slug, scripts='<script src="model.js"></script>', footer=_settings_line(view.info))
+    built = set(view.built_layers())
+    reports = view.reports()
+    # Reports may add columns to the layer table (e.g. transfer: its probe accuracy per layer).
+    columns, report_cells = [], []
+    for p in reports:
+        names = p.info.get("columns") or []
+        href = f"{REPORTS_DIR}/{p.panel[len(REPORT):]}/index.html"
+        columns += [{"name": name, "href": href if j == 0 else None, "help": p.info.get("column_help", "")}
+                    for j, name in enumerate(names)]
+        report_cells.append((len(names), p.info.get("cells") or {}))
+    layers = []
+    for row in view.layer_table():
+        name = row["name"]
+        cells = [text for width, by_layer in report_cells for text in (by_layer.get(name) or [""] * width)]
+        layers.append(row | {"dir": layer_dir(name), "built": name in built, "n_built": len(view.built_units(name)),
+                             "report_cells": cells})
+    classes = [{"index": c, "label": view.label(c), "href": f"{class_dir(c)}/index.html",
+                "src": f"{CLASSES_DIR}/{Path(view.panel('', c, CLASS_VIS).files[0]).name}"} for c in view.classes()]
+    comparisons = [{"other": p.info["other"], "href": f"../{COMPARE_DIR}/{view.slug}--{p.info['other']}/index.html"}
+                   for (layer, _u, kind), p in sorted(view.panels.items()) if not layer and kind.startswith(COMPARE)]
+    all_classes = [{"index": c, "label": view.label(c), "href": f"{class_dir(c)}/index.html"}
+                   for c in range(info.get("num_classes") or 0)]
+    report_links = [{"href": f"{REPORTS_DIR}/{p.panel[len(REPORT):]}/index.html", "title": p.info.get("title", p.panel),
+                     "summary": p.info.get("summary", "")} for p in reports]
+    return render("model.html", title=f"{view.name} - microscope", root="../", page="model", model=view.slug,
+                  model_js="model.js", settings=build_settings(view), model_name=view.name,
+                  input_size=info.get("input_size"), num_classes=info.get("num_classes"), layers=layers,
+                  report_columns=columns, reports=report_links, classes=classes, class_px=CLASS_PX,
+                  all_classes=all_classes, comparisons=comparisons)
 
 
 def root_page(manifest: Manifest) -> str:
-    items = []
-    for s, info in manifest.models().items():
-        n = len(manifest.layers(s))
-        items.append(f'<li><a href="{e(s)}/index.html">{e(info["name"])}</a> <span class="sub">{n} layers built</span></li>')
-    body = ('<h1>featviz microscope</h1><p class="caption">Every unit of the chosen layers of these networks: what '
-            'makes it fire (feature visualization), where it fires on real photos (dataset examples), and which '
-            f'classes it pushes up and down.</p><ul class="models">{"".join(items)}</ul>')
-    return _page(title="featviz microscope", root="", page="root", body=body, crumbs="<b>microscope</b>",
-                 placeholder="efficientnet_lite0")
+    models = [{"slug": model_slug, "name": info["name"], "layers": len(manifest.layers(model_slug))}
+              for model_slug, info in manifest.models().items()]
+    return render("root.html", title="featviz microscope", root="", page="root", placeholder="efficientnet_lite0",
+                  models=models)
 
 
 def model_js(view: ModelView) -> str:
@@ -456,10 +467,13 @@ def model_js(view: ModelView) -> str:
 
 
 # -- writing -------------------------------------------------------------------------------------------------
-def write_pages(site: Path, manifest: Manifest, model_slug: str, layers=None, units=None) -> int:
+def write_pages(site: Path, manifest: Manifest, model_slug: str, layers=None, units=None,
+                classes: bool | None = None) -> int:
     """Write the root, model page and model.js, the pages of ``layers`` (None: every built
-    layer) and of ``units`` ((layer, unit) list; None: every built unit of those layers).
+    layer), of ``units`` ((layer, unit) list; None: every built unit of those layers) and,
+    if ``classes`` (None: when every layer is written), the class pages.
     Returns the number of files that changed."""
+    classes = layers is None if classes is None else classes
     view = ModelView.load(manifest, model_slug)
     base = site / model_slug
     changed = 0
@@ -473,130 +487,7 @@ def write_pages(site: Path, manifest: Manifest, model_slug: str, layers=None, un
         units = [(layer, u) for layer in layers for u in view.built_units(layer)]
     for layer, u in units:
         changed += write_if_changed(base / layer_dir(layer) / str(u) / "index.html", unit_page(view, layer, u))
+    if classes:
+        for c in range(view.info.get("num_classes") or 0):
+            changed += write_if_changed(base / class_dir(c) / "index.html", class_page(view, c))
     return changed
-
-
-# -- reports ------------------------------------------------------------------------------------------------
-def _inline(text: str) -> str:
-    """Escape, then the inline Markdown the reports use: images, links, `code`, **bold**."""
-    out = e(text, quote=False)
-    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
-    out = re.sub(r"!\[([^\]]*)\]\(([^)\s]+)\)",
-                 lambda m: f'<img src="{e(m.group(2))}" alt="{e(m.group(1))}" loading="lazy">', out)
-    out = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", lambda m: f'<a href="{e(m.group(2))}">{m.group(1)}</a>', out)
-    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", out)
-
-
-def markdown_html(text: str) -> str:
-    """The Markdown subset that report.md files are written in (headings, paragraphs, bullet
-    lists, pipe tables, images, inline code, bold, links) as HTML."""
-    blocks: list[str] = []
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i].rstrip()
-        if not line.strip():
-            i += 1
-            continue
-        heading = re.match(r"(#{1,4}) (.*)", line)
-        if heading:
-            level = len(heading.group(1))
-            blocks.append(f"<h{level}>{_inline(heading.group(2))}</h{level}>")
-            i += 1
-        elif line.startswith("|"):
-            rows = []
-            while i < len(lines) and lines[i].startswith("|"):
-                cells = [c.strip() for c in lines[i].strip().strip("|").split("|")]
-                if not all(re.fullmatch(r":?-{3,}:?", c) for c in cells):
-                    rows.append(cells)
-                i += 1
-            head, body = rows[0], rows[1:]
-            blocks.append('<table class="layers report"><thead><tr>' + "".join(f"<th>{_inline(c)}</th>" for c in head)
-                          + "</tr></thead><tbody>" + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r)
-                                                            + "</tr>" for r in body) + "</tbody></table>")
-        elif re.fullmatch(r"!\[[^\]]*\]\([^)\s]+\)", line.strip()):
-            blocks.append(f'<figure class="panel wide">{_inline(line.strip())}</figure>')
-            i += 1
-        elif line.startswith("- "):
-            items = []
-            while i < len(lines) and lines[i].startswith(("- ", "  ")) and lines[i].strip():
-                if lines[i].startswith("- "):
-                    items.append(lines[i][2:].strip())
-                else:
-                    items[-1] += " " + lines[i].strip()
-                i += 1
-            blocks.append("<ul>" + "".join(f"<li>{_inline(t)}</li>" for t in items) + "</ul>")
-        else:
-            para = []
-            while (i < len(lines) and lines[i].strip() and not lines[i].startswith(("|", "#", "- "))
-                   and not re.fullmatch(r"!\[[^\]]*\]\([^)\s]+\)", lines[i].strip())):
-                para.append(lines[i].strip())
-                i += 1
-            blocks.append(f"<p>{_inline(' '.join(para))}</p>")
-    return "\n".join(blocks)
-
-
-def report_page(view: ModelView, name: str, markdown: str) -> str:
-    root = "../../../"
-    crumbs = (f'<a href="{root}index.html">microscope</a> / <a href="../../index.html">{e(view.name)}</a> / '
-              f'report <b>{e(name)}</b>')
-    files = ('<p class="caption">Files: <a href="report.md">report.md</a> &middot; '
-             '<a href="results.json">results.json</a> (every measured number)</p>')
-    return _page(title=f"{name} report - {view.name}", root=root, page="report", body=markdown_html(markdown) + files,
-                 crumbs=crumbs, model=view.slug, scripts='<script src="../../model.js"></script>')
-
-
-def _report_summary(results: dict) -> tuple[str, dict]:
-    """A one-line summary for the model page, and per-layer numbers to show in its layer table."""
-    s = results.get("summary") or {}
-    if results.get("report") == "transfer" and s.get("trained"):
-        tr, rn = s["trained"], s["random"]
-        layers = {r["layer"]: [r["trained"]["accuracy"], (r.get("random") or {}).get("accuracy")]
-                  for r in results.get("rows", [])}
-        return (f"linear probes on a new task ({len(results['data']['classes'])} classes); best layer: trained "
-                f"{tr['peak_layer']} ({tr['peak_accuracy']:.3f}), random init {rn['peak_layer']} "
-                f"({rn['peak_accuracy']:.3f}); chance {results['chance']:.3f}"), layers
-    return "", {}
-
-
-def add_report(site, report_dir) -> str:
-    """Put a report folder (``report.md``, ``results.json``, its figures) into the microscope at
-    ``site``, under its model: ``SITE/<model>/_reports/<name>/`` with an HTML page, a panel in
-    the manifest, and a link (and, for ``transfer``, the probe accuracies in the layer table) on
-    the model page. The model must already be in the site. Returns the page's path relative to
-    the site."""
-    from ..errors import FeatvizError
-
-    site, report_dir = Path(site), Path(report_dir)
-    try:
-        results = json.loads((report_dir / "results.json").read_text(encoding="utf-8"))
-        markdown = (report_dir / "report.md").read_text(encoding="utf-8")
-        name, model = results["report"], results["settings"]["model"]
-        if name == "causes":  # one report per unit
-            name = f"causes-{results['settings']['layer']}-{results['settings']['unit']}"
-    except (OSError, ValueError, KeyError) as exc:
-        raise FeatvizError(f"{report_dir} is not a finished report (report.md and results.json): {exc}") from None
-    if not (site / MANIFEST_NAME).is_file():
-        raise FeatvizError(f"no microscope at {site}: build one with `featviz microscope build {model} --out {site}`")
-    model_slug = slug(model)
-    with Manifest(site) as man:
-        if man.model(model_slug) is None:
-            raise FeatvizError(f"the microscope at {site} has no {model}: build it with "
-                               f"`featviz microscope build {model} --out {site}`")
-        base = f"{model_slug}/{REPORTS_DIR}/{slug(name)}"
-        files, digest = [], hashlib.sha256()
-        for path in sorted(p for p in report_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
-            rel = path.relative_to(report_dir).as_posix()
-            data = path.read_bytes()
-            digest.update(rel.encode() + b"\0" + data)
-            write_if_changed(site / base / rel, data)
-            files.append(f"{base}/{rel}")
-        view = ModelView.load(man, model_slug)
-        write_if_changed(site / base / "index.html", report_page(view, name, markdown))
-        files.append(f"{base}/index.html")
-        title = markdown.lstrip().splitlines()[0].lstrip("# ").strip() if markdown.strip() else name
-        summary, layers = _report_summary(results)
-        man.put([Panel(model_slug, "", -1, REPORT + name, digest.hexdigest()[:16], tuple(files),
-                       {"title": title, "summary": summary, "layers": layers})])
-        write_pages(site, man, model_slug, layers=[])
-    return f"{base}/index.html"

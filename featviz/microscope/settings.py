@@ -26,9 +26,14 @@ RENDER_KINDS = ("channel", "neuron", "negative")
 DIVERSITY = "diversity"
 EXAMPLES = "examples"
 CLASSES = "classes"
-UNIT_PANELS = RENDER_KINDS + (DIVERSITY, EXAMPLES, CLASSES)
+CIRCUITS = "circuits"      # the units of an earlier layer that excite / inhibit a unit most
+CARICATURE = "caricature"  # a unit's top photo, exaggerated (a layer panel when the build is given a photo)
+UNIT_PANELS = RENDER_KINDS + (DIVERSITY, EXAMPLES, CLASSES, CIRCUITS, CARICATURE)
 DREAM = "dream"        # layer panel
 CLASS_VIS = "class"    # model panel, one per class
+CLASS_PHOTOS = "class_photos"  # model panel: each class's top photos by its logit
+CLASS_UNITS = "class_units"    # model panel per layer: the units that push each class most
+COMPARE = "compare:"           # model panel prefix: compare:<other model's slug>
 
 # Folder and file names the site uses for itself (never a model or layer folder).
 STATIC_DIR = "static"
@@ -36,8 +41,10 @@ API_PREFIX = "api"
 LIVE_DIR = "_live"
 EXAMPLES_DIR = "_examples"
 CLASSES_DIR = "_classes"
+CLASS_PAGES_DIR = "classes"
+COMPARE_DIR = "_compare"
 MANIFEST_NAME = "manifest.sqlite"
-RESERVED = {STATIC_DIR, API_PREFIX, LIVE_DIR, "index.html", MANIFEST_NAME}
+RESERVED = {STATIC_DIR, API_PREFIX, LIVE_DIR, "index.html", MANIFEST_NAME, CLASS_PAGES_DIR}
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,8 @@ class BuildSettings:
     classes: classes visualized on the model page (None: a default set).
     class_size / dream_size: sides of those images (None: size * 3 // 2).
     seed: base of every per-batch seed.
+    circuit_units: units listed as exciting and as inhibiting on a circuits panel.
+    caricature_photo: a photo to caricature on every layer (None: each unit's top dataset example).
     """
 
     preset: str = "full"
@@ -75,6 +84,8 @@ class BuildSettings:
     dream_size: int | None = None
     seed: int = 0
     top_classes: int = 5
+    circuit_units: int = 6
+    caricature_photo: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -131,18 +142,9 @@ def check(s: BuildSettings) -> None:
         raise FeatvizError(f"units must be at least 1, got {s.units}")
 
 
-def default_layers(model, n: int) -> list[str]:
-    """``n`` spatial main layers evenly spread over the depth, the deepest included
-    (EfficientNet-Lite0, n=3: blocks.4, blocks.10, head)."""
-    spatial = [info.name for info in model.layers() if info.spatial]
-    if len(spatial) <= n:
-        return spatial
-    return list(dict.fromkeys(spatial[max(0, round(len(spatial) * i / n) - 1)] for i in range(1, n + 1)))
-
-
 def choose_layers(model, s: BuildSettings) -> list[str]:
     if not s.layers:
-        return default_layers(model, s.n_layers)
+        return model.default_layers(s.n_layers)
     names = list(dict.fromkeys(s.layers))
     for name in names:
         info = model.layer(name)
@@ -201,6 +203,10 @@ def panel_settings(kind: str, s: BuildSettings, model_id: dict, extra: dict | No
         base |= {"steps": s.steps, "recipe": s.recipe, "size": s.class_size or s.size * 3 // 2, "seed": s.seed}
     elif kind == CLASSES:
         base |= {"top": s.top_classes}
+    elif kind == CIRCUITS:
+        base |= {"top": s.circuit_units}
+    elif kind == CARICATURE:
+        base |= render_params(s) | {"batch_size": s.batch_size, "seed": s.seed}
     if extra:
         base |= extra
     return base

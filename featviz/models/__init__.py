@@ -155,43 +155,51 @@ def from_module(network: nn.Module, *, name: str = "custom", input_size: int = 2
     return ModelOrganism(network, name, input_size, mean, std, labels=labels, main_layers=main_layers)
 
 
-def _torchvision(arch: str) -> ModelOrganism:
+def _torchvision(arch: str, pretrained: bool = True) -> ModelOrganism:
+    """A torchvision classifier; ``pretrained=False`` builds it with random weights (no download), with
+    the normalization, input size and class names of its default weights, which ship with torchvision."""
     try:
         import torchvision
     except ImportError:
         raise FeatvizError("torchvision is not installed: pip install 'featviz[torchvision]'") from None
+    except OSError as exc:  # the PyPI wheel links the CUDA build of torch; with the CPU build it cannot load
+        raise FeatvizError(f"torchvision is installed but cannot load ({exc}); it must match your torch build "
+                           "(see docs/models.md)") from None
     try:
         weights = torchvision.models.get_model_weights(arch).DEFAULT
     except (ValueError, KeyError):
-        known = torchvision.models.list_models()
+        known = torchvision.models.list_models(module=torchvision.models)
         raise UnknownModelError(f"torchvision has no model '{arch}'.{suggest(arch, known)}") from None
     try:
-        net = torchvision.models.get_model(arch, weights=weights)
+        net = torchvision.models.get_model(arch, weights=weights if pretrained else None)
     except Exception as exc:  # download failures come in many exception types
         raise FeatvizError(
             f"could not get the weights of torchvision:{arch} ({exc.__class__.__name__}: {exc}). "
-            "Put the checkpoint in $TORCH_HOME/hub/checkpoints (see torch.hub) or load the model "
-            "yourself and wrap it with featviz.models.from_module") from None
+            "Put the checkpoint in $TORCH_HOME/hub/checkpoints (see torch.hub), or give a state dict with "
+            "--weights FILE (a spec's weights = ...)") from None
     transforms = weights.transforms()
     size = getattr(transforms, "crop_size", [224])[0]
     labels = weights.meta.get("categories")
     return ModelOrganism(net, f"torchvision:{arch}", size, transforms.mean, transforms.std, labels=labels)
 
 
-def _timm(arch: str) -> ModelOrganism:
+def _timm(arch: str, pretrained: bool = True) -> ModelOrganism:
     try:
         import timm
     except ImportError:
         raise FeatvizError("timm is not installed: pip install 'featviz[timm]'") from None
-    if arch not in timm.list_models(pretrained=True):
-        raise UnknownModelError(f"timm has no pretrained model '{arch}'.{suggest(arch, timm.list_models())}")
+    except OSError as exc:  # timm imports torchvision, which must match the torch build
+        raise FeatvizError(f"timm is installed but cannot load ({exc}); see docs/models.md") from None
+    if arch not in timm.list_models(pretrained=pretrained):
+        raise UnknownModelError(f"timm has no {'pretrained ' if pretrained else ''}model '{arch}'."
+                                f"{suggest(arch, timm.list_models())}")
     try:
-        net = timm.create_model(arch, pretrained=True)
+        net = timm.create_model(arch, pretrained=pretrained)
     except Exception as exc:
         raise FeatvizError(
             f"could not get the weights of timm:{arch} ({exc.__class__.__name__}: {exc}). "
-            "Set HF_HUB_OFFLINE=1 with the weights in your Hugging Face cache, or load the model "
-            "yourself and wrap it with featviz.models.from_module") from None
+            "Set HF_HUB_OFFLINE=1 with the weights in your Hugging Face cache, or give a state dict with "
+            "--weights FILE (a spec's weights = ...)") from None
     cfg = net.pretrained_cfg
     labels = imagenet_labels() if cfg.get("num_classes") == 1000 else None
     size = cfg.get("input_size", (3, 224, 224))[-1]

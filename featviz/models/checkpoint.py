@@ -129,15 +129,20 @@ def fit_state_dict(network: nn.Module, state: dict[str, torch.Tensor], source: s
     tensors that do not fit (shape, missing, unexpected).
     """
     resized = resizable_heads(network, state)
-    for name, outputs in resized.items():
-        _replace(network, name, outputs)
     own = network.state_dict()
+    # Compare as if the heads were resized already: nothing changes unless everything fits.
+    expected = {k: tuple(v.shape) for k, v in own.items()}
+    for name, outputs in resized.items():
+        prefix = f"{name}." if name else ""
+        for key in (f"{prefix}weight", f"{prefix}bias"):
+            if key in expected:
+                expected[key] = (outputs, *expected[key][1:])
     state = dict(state)
     for key in own:  # checkpoints from older torch versions lack BatchNorm's counter; it changes nothing
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = own[key]
-    shapes = [f"{k}: checkpoint {list(v.shape)}, network {list(own[k].shape)}"
-              for k, v in state.items() if k in own and v.shape != own[k].shape]
+    shapes = [f"{k}: checkpoint {list(v.shape)}, network {list(expected[k])}"
+              for k, v in state.items() if k in own and tuple(v.shape) != expected[k]]
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if shapes or missing or unexpected:
@@ -150,6 +155,8 @@ def fit_state_dict(network: nn.Module, state: dict[str, torch.Tensor], source: s
             parts.append(f"{len(unexpected)} not in the network ({_first(unexpected)})")
         raise FeatvizError(f"the weights in {source} do not fit the network: {len(own)} tensors expected, "
                            f"{', '.join(parts)}")
+    for name, outputs in resized.items():
+        _replace(network, name, outputs)
     with torch.no_grad():
         network.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
     return list(resized)

@@ -8,6 +8,7 @@ table of its layers (PyTorch dotted names, channels, spatial size).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import weakref
@@ -105,6 +106,7 @@ class ModelOrganism(nn.Module):
         self._table: list[LayerInfo] | None = None
         self._index: dict[str, LayerInfo] = {}
         self._output_shape: tuple | None = None
+        self._fixed_size = False
         self.source: str | None = None  # the model spec file this organism was loaded from, if any
         self.weights_file: str | None = None  # the state dict loaded over the network's own weights, if any
 
@@ -137,6 +139,10 @@ class ModelOrganism(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_image_batch(x)
+        if tuple(x.shape[-2:]) != (self.input_size, self.input_size) and self.fixed_size:
+            # A network that takes one input size only (a ViT's position embeddings): resize to it.
+            x = torch.nn.functional.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
+                                                align_corners=False)
         x = self.normalize(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -242,10 +248,18 @@ class ModelOrganism(nn.Module):
             text += f" (patch tokens on a {info.height}x{info.width} grid; {info.prefix} class/register token(s) left out)"
         return text
 
+    @property
+    def fixed_size(self) -> bool:
+        """True if the network runs at its input size only (a ViT with fixed position embeddings); images of
+        other sizes are then resized to ``input_size`` inside ``forward``."""
+        self._layer_table()
+        return self._fixed_size
+
     def _layer_table(self) -> list[LayerInfo]:
         if self._table is None:
             self._table, self._output_shape = _trace_layers(self.network, self.input_size, self.normalize)
             self._index = {info.name: info for info in self._table}
+            self._fixed_size = not _runs_at(self.network, self.input_size * 3 // 2, self.normalize)
         return self._table
 
     def _layer_index(self) -> dict[str, LayerInfo]:
@@ -323,13 +337,29 @@ class ModelOrganism(nn.Module):
         """(activations of ``layer``, gradient of ``score`` summed over the batch with respect to them,
         score values), both maps as (B, C, H, W). ``score`` has an objective's ``layers`` and is called
         as ``score(activations, batch)`` (an ``Objective``). Used by Grad-CAM and Building Blocks."""
-        raw = self.raw_activations(x, [layer, *score.layers])
-        acts = {name: value if name == LOGITS else self.canonical(name, value, x) for name, value in raw.items()}
-        values = score(acts, x.shape[0])
-        (grad,) = torch.autograd.grad(values.sum(), raw[layer], allow_unused=True)
+        if not x.requires_grad:  # the weights are frozen: without this nothing would carry a gradient
+            x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            raw = self.raw_activations(x, [layer, *score.layers])
+            acts = {name: value if name == LOGITS else self.canonical(name, value, x) for name, value in raw.items()}
+            values = score(acts, x.shape[0])
+            (grad,) = torch.autograd.grad(values.sum(), raw[layer], allow_unused=True)
         if grad is None:
             grad = torch.zeros_like(raw[layer])
         return acts[layer].detach(), self.canonical(layer, grad, x), values.detach()
+
+    @contextlib.contextmanager
+    def out_of_place(self):
+        """Run the network's in-place activations (``ReLU(inplace=True)``...) out of place meanwhile: backward
+        hooks on a module (Captum's guided backprop) are forbidden on in-place ones. Same values."""
+        switched = [m for m in self.network.modules() if getattr(m, "inplace", False) is True]
+        for module in switched:
+            module.inplace = False
+        try:
+            yield self
+        finally:
+            for module in switched:
+                module.inplace = True
 
     def unit_tangent(self, layer: str, output: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
         """A tensor shaped like the raw ``output`` of ``layer``: 1 at channel ``channels[b]`` of row b at every
@@ -441,6 +471,16 @@ def _layout(module: nn.Module, output: torch.Tensor, source: tuple | None) -> tu
     return NCHW, 0
 
 
+def _runs_at(network: nn.Module, size: int, normalize) -> bool:
+    """Whether the network takes a ``size`` x ``size`` image (one probe forward pass)."""
+    try:
+        with torch.no_grad():
+            network(normalize(torch.rand((1, 3, size, size), device=next(network.parameters()).device)))
+        return True
+    except Exception:  # shape errors come as RuntimeError, AssertionError, ValueError...
+        return False
+
+
 def _trace_layers(network: nn.Module, size: int, normalize) -> tuple[list[LayerInfo], tuple | None]:
     """Run one dummy image through every module once to learn output shapes, layouts and order;
     returns the table and the shape of the network's output."""
@@ -523,7 +563,8 @@ def _concat_branches(network, name, shape, seen, channel_means) -> tuple[Branch,
 def default_main_layers(network: nn.Module) -> list[str] | None:
     """Block-level layers, as the built-ins list theirs: the network's children, with lists of blocks
     (nn.Sequential / nn.ModuleList of modules that have children, such as ResNet's layer1 or a ViT's
-    encoder layers) opened up, and a top-level Sequential of plain layers (VGG's ``features``) too."""
+    encoder layers) opened up, and a Sequential stack of plain layers (VGG's ``features``) too; a
+    conv-BN-ReLU unit stays one layer."""
     def is_list(m):
         return isinstance(m, (nn.Sequential, nn.ModuleList))
 
@@ -537,6 +578,12 @@ def default_main_layers(network: nn.Module) -> list[str] | None:
             name = f"{prefix}{child_name}"
             if not any(True for _ in child.children()):
                 out.append(name)
+            elif is_list(child) and blocks(child) == 0:
+                # Plain layers: a stack (VGG's features: several convs) opens, a unit (conv, BN, ReLU) does not.
+                if sum(isinstance(c, (nn.Conv2d, nn.Linear)) for c in child.children()) >= 2:
+                    visit(child, name + ".", depth + 1)
+                else:
+                    out.append(name)
             elif is_list(child) and (depth == 0 or blocks(child) >= 2):
                 visit(child, name + ".", depth + 1)
             elif not is_list(child) and any(is_list(c) and blocks(c) >= 3 for c in child.children()):

@@ -20,6 +20,7 @@ import torch
 from ..errors import FeatvizError, NonFiniteLossError
 from ..imageio import grid, save_gif, save_image, to_pil
 from ..models.organism import ModelOrganism
+from ..progress import progress_bar
 from . import memory
 from .axes import OPTIMIZERS  # noqa: F401  (where callers found the table before it moved to axes)
 from .axes import (build_optimizer, build_param, build_schedule, build_transforms, check_axis, check_built_param,
@@ -180,7 +181,7 @@ def render(model: ModelOrganism, objective: Objective | str, *, recipe: str | Re
     }
     loop = _Optimization(model, objective, recipe, image_param, augment, generator, batch, max_rows, alpha)
     return loop.run(RenderResult(images=torch.empty(0), settings=settings), _snapshot_steps(snapshots, recipe.steps),
-                    _progress(recipe.steps, objective.description) if progress else None, callback)
+                    progress_bar(recipe.steps, objective.description, leave=False) if progress else None, callback)
 
 
 class _Optimization:
@@ -295,7 +296,8 @@ def render_units(model: ModelOrganism, units: Sequence[tuple[str, int]], *, batc
     chunks = [units[i:i + batch_size] for i in range(0, len(units), batch_size)]
     iterator = chunks
     if progress:
-        iterator = _progress(len(chunks), f"{len(units)} units in batches of {batch_size}", unit="batch")(chunks)
+        iterator = progress_bar(len(chunks), f"{len(units)} units in batches of {batch_size}", unit="batch",
+                                leave=False, iterable=chunks)
     for chunk in iterator:
         objective = batched_channels(list(chunk), kind)
         batch_result = render(model, objective, batch=len(chunk), seed=seed, **kwargs)
@@ -422,27 +424,6 @@ def _snapshot_steps(snapshots, steps: int) -> set[int]:
         every = check_integer("snapshot interval", snapshots, 1, MAX_STEPS)
         return set(range(every, steps + 1, every))
     return {check_integer("snapshot step", step, 1, MAX_STEPS) for step in snapshots}
-
-
-def _progress(total: int, description: str, unit: str = "step"):
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc=description[:40], unit=unit, leave=False)
-
-    class _Bar:
-        def __init__(self):
-            self._bar = bar
-
-        def __call__(self, iterable):
-            for item in iterable:
-                yield item
-                bar.update(1)
-            bar.close()
-
-        def __getattr__(self, name):
-            return getattr(bar, name)
-
-    return _Bar()
 
 
 def version() -> str:

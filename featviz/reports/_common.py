@@ -1,4 +1,4 @@
-"""Helpers shared by the reports: output folder, JSON, matplotlib, Markdown tables."""
+"""Helpers shared by the reports: output folder, JSON, Markdown tables (figures: ``reports.figures``)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,6 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..errors import FeatvizError
 from ..imageio import atomic_write, output_folder
 
 
@@ -31,27 +30,6 @@ def write_text(path: Path, text: str) -> Path:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
     return atomic_write(path, write)
-
-
-def pyplot():
-    """matplotlib.pyplot on the Agg backend (no display needed)."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise FeatvizError("the reports draw their figures with matplotlib, which is not installed: "
-                           "pip install 'featviz[reports]'") from None
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path: Path) -> Path:
-    plt = pyplot()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
-    return path
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -31,7 +31,9 @@ from ..errors import FeatvizError
 from ..imageio import save_png, to_pil
 from ..models import load
 from ..models.organism import ModelOrganism
-from ._common import environment, md_table, out_folder, pyplot, save_figure, write_json, write_text
+from ._common import environment, md_table, out_folder, write_json, write_text
+from ..figures import new_figure, save_figure
+from .site import SiteEntry
 
 GREY = 0.5
 
@@ -246,9 +248,9 @@ def _sheet(vis, panels, rows, results, path: Path, tile: int = 128) -> None:
 
 
 def _plot(rows, results, path: Path) -> None:
-    plt = pyplot()
     s = results["settings"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [3, 1]})
+    fig = new_figure((12, 4))
+    axes = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 1]})
     x = np.arange(len(rows))
     w = 0.27
     ax = axes[0]
@@ -327,3 +329,9 @@ attribution square lowered the activation more than the random squares on {summ[
 Command: `featviz report causes {s['model']} {s['layer']}:{s['unit']} --store {s['store']} --k {s['k']} \
 --steps {s['vis_steps']} --mask-frac {s['mask_frac']} --method {s['attribution']} --seed {s['seed']}`
 """
+
+
+def site_entry(results: dict) -> SiteEntry:
+    """One page per unit on a microscope site: ``causes-<layer>-<unit>``."""
+    s = results["settings"]
+    return SiteEntry(f"causes-{s['layer']}-{s['unit']}")

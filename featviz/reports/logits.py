@@ -29,7 +29,8 @@ from ..errors import FeatvizError
 from ..imageio import save_png, to_pil
 from ..models import load
 from ..models.organism import ModelOrganism
-from ._common import environment, md_table, out_folder, pyplot, resize, save_figure, write_json, write_text
+from ._common import environment, md_table, out_folder, resize, write_json, write_text
+from ..figures import new_figure, save_figure
 
 DEFAULT_CLASSES = (9, 130, 309, 980)  # ostrich, flamingo, bee, volcano
 OBJECTIVES = ("logit", "prob")
@@ -83,8 +84,7 @@ def logits_report(model, classes: Sequence[int] = DEFAULT_CLASSES, out_dir="repo
     from ..optvis.render import finished, render
 
     say = log or (lambda msg: None)
-    if not isinstance(model, ModelOrganism):
-        model = load(model)
+    model = load(model)
     classes = [int(c) for c in classes]
     if not classes:
         raise FeatvizError("give at least one class")
@@ -96,7 +96,7 @@ def logits_report(model, classes: Sequence[int] = DEFAULT_CLASSES, out_dir="repo
         model.check_class(c)
     if steps < 1:
         raise FeatvizError(f"steps must be at least 1, got {steps}")
-    judge_model = judge if isinstance(judge, ModelOrganism) else load(judge, device=model.device)
+    judge_model = load(judge, device=model.device)
     if judge_model.num_classes != model.num_classes:
         raise FeatvizError(f"the judge {judge_model.name} has {judge_model.num_classes} classes, "
                            f"{model.name} has {model.num_classes}: they must share the label set")
@@ -187,8 +187,8 @@ def _sheet(tiles, rows, path: Path, size: int) -> None:
 
 
 def _plot(rows, classes, model, judge, path: Path) -> None:
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.8))
+    fig = new_figure((15, 3.8))
+    axes = fig.subplots(1, 4)
     x = np.arange(len(classes))
     wdt = 0.38
     specs = [("target_logit", "target logit", None), ("target_prob", "target probability", (0, 1.05)),

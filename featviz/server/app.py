@@ -56,7 +56,10 @@ def create_app(site, model=None, *, limits: Limits | None = None, served_names=(
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
-        return error_response(exc.status_code, exc.detail, getattr(exc, "headers", None))
+        detail = exc.detail
+        if isinstance(exc.__cause__, RecursionError):  # FastAPI's json.loads of a body like [[[[...]]]]
+            detail = f"the body's JSON is nested too deep; send one flat object, {BODY_EXAMPLE}"
+        return error_response(exc.status_code, detail, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError):

@@ -44,7 +44,8 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
                                "script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'",
 }
-_SECURITY_RAW = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in SECURITY_HEADERS.items()]
+SECURITY_HEADERS_RAW = [  # as ASGI and h11 carry them
+    (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in SECURITY_HEADERS.items()]
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 WITH_BODY = ("POST", "PUT", "PATCH")
 
@@ -127,7 +128,7 @@ class Guard:
                 started = True
                 present = {name.lower() for name, _ in message.get("headers", [])}
                 message = {**message, "headers": [*message.get("headers", []),
-                                                  *(h for h in _SECURITY_RAW if h[0] not in present)]}
+                                                  *(h for h in SECURITY_HEADERS_RAW if h[0] not in present)]}
             await send(message)
 
         refused = self.refusal(scope, Headers(scope=scope))

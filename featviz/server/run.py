@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import FeatvizError
 from .app import create_app
-from .guard import SECURITY_HEADERS
+from .guard import SECURITY_HEADERS_RAW
 from .limits import Limits
 
 try:
@@ -36,7 +36,6 @@ except ImportError:  # pragma: no cover - depends on the environment
     raise FeatvizError("featviz serve needs uvicorn: pip install 'featviz[serve]'") from None
 
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
-_SECURITY_RAW = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in SECURITY_HEADERS.items()]
 
 
 def _one_line_body(detail: str) -> bytes:
@@ -101,7 +100,7 @@ class GuardedH11Protocol(H11Protocol):
             return
         body = _one_line_body(f"the server has {self.limits.max_connections} requests in progress; try again")
         head = [b"HTTP/1.1 503 Service Unavailable", b"content-type: application/json", b"connection: close",
-                b"retry-after: 5", b"content-length: %d" % len(body), *(k + b": " + v for k, v in _SECURITY_RAW)]
+                b"retry-after: 5", b"content-length: %d" % len(body), *(k + b": " + v for k, v in SECURITY_HEADERS_RAW)]
         self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
         self.transport.close()
 
@@ -109,7 +108,7 @@ class GuardedH11Protocol(H11Protocol):
         """A request h11 cannot parse: a one-line JSON 400 with the same security headers as any answer."""
         body = _one_line_body(msg)
         headers = [(b"content-type", b"application/json"), (b"connection", b"close"),
-                   (b"content-length", b"%d" % len(body)), *_SECURITY_RAW]
+                   (b"content-length", b"%d" % len(body)), *SECURITY_HEADERS_RAW]
         for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
                       h11.EndOfMessage()):
             self.transport.write(self.conn.send(event))

@@ -22,7 +22,7 @@
   }
 
   function page_(path) { return served ? path : path + "index.html"; }
-  function modelBase() { return page === "model" ? "" : page === "layer" ? "../" : page === "unit" || page === "report" ? "../../" : null; }
+  function modelBase() { return page === "model" ? "" : page === "layer" ? "../" : page === "unit" || page === "report" || page === "class" ? "../../" : null; }
   function findLayer(name) {
     if (!M) { return null; }
     for (var i = 0; i < M.layers.length; i++) { if (M.layers[i][0] === name) { return M.layers[i]; } }
@@ -62,14 +62,12 @@
     for (i = 0; i < labels.length; i++) { if (labels[i].toLowerCase().indexOf(t) >= 0) { return i; } }
     return -1;
   }
+  // Every class of a model has a page (classes/<index>/): its visualization, top photos and units.
   function goClass(c) {
     var base = modelBase();
-    var label = M && M.labels[c] !== undefined ? " (" + M.labels[c] + ")" : "";
     if (base === null) { return; }
     if (M.labels.length && c >= M.labels.length) { say("classes are 0-" + (M.labels.length - 1)); return; }
-    if (M.classes.indexOf(c) < 0) { say("class " + c + label + " has no visualization in this site"); return; }
-    if (page === "model") { location.hash = "#class-" + c; say("class " + c + label); return; }
-    location.href = base + (served ? "" : "index.html") + "#class-" + c;
+    location.href = page_(base + "classes/" + c + "/");
   }
 
   function jump(text) {
@@ -118,6 +116,19 @@
     document.addEventListener("click", function (ev) {
       var a = ev.target.closest && ev.target.closest("a[data-unbuilt]");
       if (a) { ev.preventDefault(); say("not built in this site; `featviz serve` renders it on demand"); }
+    });
+  }
+
+  // The model page's class list: show only the classes whose name contains the filter text.
+  var filter = document.getElementById("class-filter");
+  if (filter) {
+    var items = document.querySelectorAll("ol.allclasses li");
+    filter.addEventListener("input", function () {
+      var t = filter.value.trim().toLowerCase();
+      for (var i = 0; i < items.length; i++) {
+        var li = items[i];
+        li.hidden = !!t && li.getAttribute("data-label").indexOf(t) < 0 && String(i) !== t;
+      }
     });
   }
 
