@@ -229,7 +229,7 @@ def test_a_decompression_bomb_is_refused_by_every_reader(bombs, tiny):
 
 def test_a_pipe_given_as_a_photo_is_an_error_not_a_hang(tmp_path, tiny):
     os.mkfifo(tmp_path / "cat.jpg")
-    with pytest.raises(FeatvizError, match="named pipe, not a regular file"):
+    with pytest.raises(FeatvizError, match="not a regular file"):
         tiny.preprocess(tmp_path / "cat.jpg")
 
 
