@@ -13,6 +13,11 @@ from .imageio import check_output
 LOCK = ".lock"  # the lock file inside a locked folder
 
 
+class DamagedDatabaseError(FeatvizError, sqlite3.DatabaseError):
+    """A database file SQLite cannot read: one line for the user, and still an ``sqlite3.DatabaseError``
+    for the stores that explain what to do about their own damaged file."""
+
+
 def require_regular_file(path: Path) -> None:
     """A lock or a database must be a regular file (or not exist yet): opening a named pipe would
     hang and writing a device could damage the system (``featviz.imageio.check_output``'s rule)."""
@@ -71,8 +76,7 @@ def connect(db: str | os.PathLike, *, readonly: bool = False, any_thread: bool =
         con.execute("PRAGMA synchronous=FULL")  # the first statement: a damaged file fails here
     except sqlite3.DatabaseError as exc:
         con.close()
-        raise FeatvizError(f"{path} is damaged or not an SQLite database ({exc}); move it away to start "
-                           "over") from None
+        raise DamagedDatabaseError(f"{path} is damaged or not an SQLite database ({exc})") from None
     return con
 
 
