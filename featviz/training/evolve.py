@@ -131,7 +131,8 @@ def evolve(run, units: Sequence[tuple[str, int]], out, settings: EvolveSettings 
         slug = _slug(unit)
         meta = {"kind": "evolve", "run": str(run_dir), "unit": f"{unit[0]}:{unit[1]}", "steps_of_training": steps,
                 **asdict(settings)}
-        strip = grid(frames[unit], columns=len(frames[unit]), labels=[f"step {s}" for s in steps])
+        # Captions: the training step alone (grid cuts a caption to the tile width; "step" fits no 32 px tile).
+        strip = grid(frames[unit], columns=len(frames[unit]), labels=[str(s) for s in steps])
         save_png(strip, out / f"filmstrip_{slug}.png", meta)
         save_gif(frames[unit], out / f"evolve_{slug}.gif", settings.gif_ms, meta)
         record["units"].append({"unit": f"{unit[0]}:{unit[1]}", "filmstrip": f"filmstrip_{slug}.png",
