@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import FeatvizError
-from ..imageio import atomic_write, grid, save_gif, save_png
+from ..imageio import atomic_write, grid, output_folder, save_gif, save_png
 from .cka import layer_grams, linear_cka_from_grams
 from .finetune import checkpoints, load_checkpoint, read_run
 
@@ -92,8 +92,7 @@ def evolve(run, units: Sequence[tuple[str, int]], out, settings: EvolveSettings 
     points = checkpoints(run_dir)
     if not points or points[0]["step"] != 0:
         raise FeatvizError(f"{run_dir} has no starting checkpoint (checkpoints/start.pt)")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out)  # one line when it cannot be made (a file in the way, no permission)
     images, _classes = probe_images(run_dir)
     frames: dict[tuple[str, int], list] = {u: [] for u in units}
     objective_values: dict[tuple[str, int], list[float]] = {u: [] for u in units}
@@ -132,7 +131,8 @@ def evolve(run, units: Sequence[tuple[str, int]], out, settings: EvolveSettings 
         slug = _slug(unit)
         meta = {"kind": "evolve", "run": str(run_dir), "unit": f"{unit[0]}:{unit[1]}", "steps_of_training": steps,
                 **asdict(settings)}
-        strip = grid(frames[unit], columns=len(frames[unit]), labels=[f"step {s}" for s in steps])
+        # Captions: the training step alone (grid cuts a caption to the tile width; "step" fits no 32 px tile).
+        strip = grid(frames[unit], columns=len(frames[unit]), labels=[str(s) for s in steps])
         save_png(strip, out / f"filmstrip_{slug}.png", meta)
         save_gif(frames[unit], out / f"evolve_{slug}.gif", settings.gif_ms, meta)
         record["units"].append({"unit": f"{unit[0]}:{unit[1]}", "filmstrip": f"filmstrip_{slug}.png",
