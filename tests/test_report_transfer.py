@@ -20,9 +20,10 @@ from featviz.errors import FeatvizError
 from featviz.data import demo_shapes
 from featviz.models.random_init import random_copy
 from featviz.reports.probe import LogisticProbe, probe_cv, stratified_folds
-from featviz.reports.transfer import load_folder, transfer_report
+from featviz.reports.transfer import ProbeSettings, load_folder, transfer_report
 
-FAST = dict(size=96, per_class=12, folds=3, inner_folds=2, penalties=(1e-2, 1.0), pictures=False)
+FAST = dict(size=96, per_class=12, probe=ProbeSettings(folds=3, inner_folds=2, penalties=(1e-2, 1.0)),
+            pictures=False)
 
 
 def _invoke(*args):
@@ -151,7 +152,7 @@ def test_folder_errors_and_skips(tmp_path, lite0):
     assert len(ds.skipped) == 1 and ds.skipped[0].startswith("star/broken.png")
     assert load_folder(lite0, ok, 64, 2, per_class=2).counts() == [2, 2]
     with pytest.raises(FeatvizError, match="unknown layer 'blocks.99'"):
-        transfer_report(lite0, ok, tmp_path / "r", layers=["blocks.99"], folds=3, pictures=False)
+        transfer_report(lite0, ok, tmp_path / "r", layers=["blocks.99"], probe=ProbeSettings(folds=3), pictures=False)
 
 
 @pytest.mark.slow
@@ -213,6 +214,9 @@ def test_cli_on_a_folder_writes_the_report(tmp_path, lite0):
 def test_missing_matplotlib_is_one_clear_error(monkeypatch):
     from featviz.figures import new_figure
 
+    # Earlier tests may have imported matplotlib's submodules: hide those too.
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(FeatvizError, match=r"featviz\[reports\]"):
         new_figure((4, 3))

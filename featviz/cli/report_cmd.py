@@ -136,7 +136,7 @@ def transfer_cmd(model, data_dir, layers, size, per_class, folds, seed, pixels, 
     """Linear-probe accuracy along the depth on a task the model was not trained on (DATA_DIR: one
     sub-folder of images per class; without it, an offline demo task of shapes on textures), for the
     trained network and a randomly initialised copy."""
-    from ..reports.transfer import row_line, transfer_report
+    from ..reports.transfer import ProbeSettings, row_line, transfer_report
 
     if folds < 2:
         raise FeatvizError(f"--folds must be at least 2, got {folds}")
@@ -155,8 +155,9 @@ def transfer_cmd(model, data_dir, layers, size, per_class, folds, seed, pixels, 
         _check_site(site, organism.name)
     if data_dir is None:
         click.echo("no DATA_DIR given: using the offline demo task (shapes on textures)", err=True)
-    res = transfer_report(organism, data_dir, out, layers=names, size=size, per_class=per_class, folds=folds,
-                          seed=seed, pixels=pixels, pictures=pictures, log=lambda m: click.echo(m, err=True))
+    res = transfer_report(organism, data_dir, out, layers=names, size=size, per_class=per_class,
+                          probe=ProbeSettings(folds=folds), seed=seed, pixels=pixels, pictures=pictures,
+                          log=lambda m: click.echo(m, err=True))
     click.echo(f"chance {res['chance']:.3f}")
     for r in res["rows"]:
         click.echo(row_line(r))

@@ -11,6 +11,6 @@ Each report renders, measures, and writes matplotlib PNGs, a Markdown page
 """
 from .causes import causes_report
 from .logits import DEFAULT_CLASSES, logits_report
-from .transfer import transfer_report
+from .transfer import Pictures, ProbeSettings, transfer_report
 
-__all__ = ["logits_report", "causes_report", "transfer_report", "DEFAULT_CLASSES"]
+__all__ = ["logits_report", "causes_report", "transfer_report", "ProbeSettings", "Pictures", "DEFAULT_CLASSES"]

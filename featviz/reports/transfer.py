@@ -31,6 +31,7 @@ training instead of probing.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -81,11 +82,37 @@ def _depth_order(model: ModelOrganism, layers: Sequence[str]) -> list[str]:
     return ([PIXELS] if PIXELS in layers else []) + sorted(nets, key=order.__getitem__)
 
 
+@dataclass(frozen=True)
+class ProbeSettings:
+    """The cross-validation of each probe: outer stratified folds, inner folds choosing the L2 penalty
+    among ``penalties``."""
+
+    folds: int = 5
+    inner_folds: int = 3
+    penalties: tuple[float, ...] = tuple(PENALTIES)
+
+    def check(self) -> None:
+        if self.folds < 2:
+            raise FeatvizError(f"folds must be at least 2, got {self.folds}")
+        if self.inner_folds < 2:
+            raise FeatvizError(f"inner folds must be at least 2, got {self.inner_folds}")
+        if not self.penalties:
+            raise FeatvizError("give at least one penalty")
+
+
+@dataclass(frozen=True)
+class Pictures:
+    """Channel pictures along the depth: ``units`` channels per layer that the probe leans on most,
+    rendered at ``size`` px for ``steps`` steps."""
+
+    units: int = 2
+    size: int = 112
+    steps: int = 128
+
+
 def transfer_report(model, data_dir=None, out_dir="report-transfer", *, layers: Sequence[str] | None = None,
-                    size: int | None = None, per_class: int | None = None, folds: int = 5, seed: int = 0,
-                    pixels: bool = True, pictures: bool = True, units: int = 2, picture_size: int = 112,
-                    picture_steps: int = 128, penalties: Sequence[float] = PENALTIES, inner_folds: int = 3,
-                    log=None) -> dict:
+                    size: int | None = None, per_class: int | None = None, seed: int = 0, pixels: bool = True,
+                    probe: ProbeSettings = ProbeSettings(), pictures: bool | Pictures = True, log=None) -> dict:
     """Linear-probe accuracy along the depth, on a task ``model`` was not trained on, for the
     trained network and a randomly initialised copy (see the module docstring).
 
@@ -93,25 +120,23 @@ def transfer_report(model, data_dir=None, out_dir="report-transfer", *, layers: 
     task (``demo_shapes``, ``per_class`` images per class, default 48). size: image side fed
     to the networks (default 160 px for the demo, the model's input size for a folder).
     layers: default ``model.default_layers(8, first=True)``; ``pixels`` (added when ``pixels``) is the input
-    average-pooled to 8 x 8. pictures: channel visualizations of the ``units`` channels per
-    layer the probe leans on most, for both networks (``picture_size`` px, ``picture_steps``
-    steps of the ``sharp`` recipe).
+    average-pooled to 8 x 8. probe: the cross-validation (``ProbeSettings``). pictures: channel
+    visualizations of the channels per layer the probe leans on most, for both networks
+    (``Pictures``; True for its defaults, False for none; the ``sharp`` recipe).
 
     Writes ``accuracy_by_depth.png``, ``data_samples.png``, ``depth_pictures.png`` (with
     ``pictures``), ``report.md`` and ``results.json`` under ``out_dir``; returns the results dict.
     """
     say = log or (lambda msg: None)
     model = load(model)  # a name, a spec, or an organism as is
-    if folds < 2:
-        raise FeatvizError(f"folds must be at least 2, got {folds}")
-    if inner_folds < 2:
-        raise FeatvizError(f"inner folds must be at least 2, got {inner_folds}")
+    probe.check()
+    folds, inner_folds, penalties = probe.folds, probe.inner_folds, probe.penalties
+    if pictures is True:
+        pictures = Pictures()
     if per_class is not None and per_class < 1:
         raise FeatvizError(f"images per class must be at least 1, got {per_class}")
-    if units < 1:
-        raise FeatvizError(f"units per layer must be at least 1, got {units}")
-    if not penalties:
-        raise FeatvizError("give at least one penalty")
+    if pictures and pictures.units < 1:
+        raise FeatvizError(f"units per layer must be at least 1, got {pictures.units}")
     size = int(size or (DEMO_SIZE if data_dir is None else model.input_size))
     if size < 32 or size > 1024:
         raise FeatvizError(f"size must be between 32 and 1024 px, got {size}")
@@ -180,12 +205,14 @@ def transfer_report(model, data_dir=None, out_dir="report-transfer", *, layers: 
     timing["probes"] = time.perf_counter() - t
 
     out = out_folder(out_dir)
+    drawn = pictures or Pictures()  # the settings are recorded even when no pictures are drawn
     results = {
         "report": "transfer",
         "settings": {"model": model.name, "data": data.source, "size": size, "per_class": per_class,
                      "layers": layers, "folds": folds, "inner_folds": inner_folds, "penalties": list(penalties),
-                     "seed": seed, "pictures": pictures, "units_per_layer": units, "picture_size": picture_size,
-                     "picture_steps": picture_steps, "random_init": "He-normal, zero biases, LSUV rescale of every "
+                     "seed": seed, "pictures": bool(pictures),
+                     "units_per_layer": drawn.units, "picture_size": drawn.size, "picture_steps": drawn.steps,
+                     "random_init": "He-normal, zero biases, LSUV rescale of every "
                      "convolution to unit output variance on 32 images of the data (2 passes)", **environment()},
         "data": {"description": data.description, "classes": data.classes, "counts": counts,
                  "images": len(data.labels), "skipped": data.skipped or []},
@@ -197,8 +224,7 @@ def transfer_report(model, data_dir=None, out_dir="report-transfer", *, layers: 
     # Pictures: the channels each probe leans on, along the depth.
     if pictures:
         t = time.perf_counter()
-        results["pictures"] = _pictures(model, rand, feats, data, rows, units, picture_size, picture_steps, seed,
-                                        out, say)
+        results["pictures"] = _pictures(model, rand, feats, data, rows, pictures, seed, out, say)
         timing["pictures"] = time.perf_counter() - t
 
     samples_figure(data, out / "data_samples.png")
@@ -210,8 +236,10 @@ def transfer_report(model, data_dir=None, out_dir="report-transfer", *, layers: 
     return results
 
 
-def _pictures(model, rand, feats, data, rows, k, size, steps, seed, out: Path, say) -> dict:
+def _pictures(model, rand, feats, data, rows, pictures: Pictures, seed, out: Path, say) -> dict:
     from ..optvis.render import finished, render_units
+
+    k, size, steps = pictures.units, pictures.size, pictures.steps
 
     n_classes = len(data.classes)
     pics: dict[str, list[dict]] = {"trained": [], "random": []}

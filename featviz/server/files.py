@@ -23,8 +23,10 @@ from starlette.types import Scope
 
 from .state import private_name
 
-SERVE_MARKER = '<meta name="featviz-serve" content="1">'
-GENERATOR = '<meta name="generator" content="featviz microscope">'
+# Every built page carries this marker off; the server turns it on in the pages it serves, so the
+# page's script knows it may ask for renders on demand (the page itself is never rebuilt for that).
+MARKER_OFF = 'name="featviz-serve" content="0"'
+MARKER_ON = 'name="featviz-serve" content="1"'
 NO_CACHE = {"Cache-Control": "no-cache"}
 
 OnMissing = Callable[[list[str], Scope], Awaitable["Response | None"]]
@@ -32,7 +34,7 @@ OnMissing = Callable[[list[str], Scope], Awaitable["Response | None"]]
 
 def marked_html(text: str, status: int = 200, headers: dict | None = None) -> HTMLResponse:
     """A page as served: with the marker its script looks for to offer renders on demand."""
-    return HTMLResponse(text.replace(GENERATOR, GENERATOR + "\n" + SERVE_MARKER, 1), status_code=status,
+    return HTMLResponse(text.replace(MARKER_OFF, MARKER_ON, 1), status_code=status,
                         headers={**NO_CACHE, **(headers or {})})
 
 

@@ -4,7 +4,9 @@
   "use strict";
   var body = document.body, page = body.dataset.page, root = body.dataset.root || "";
   var M = window.FV_MODEL || null;
-  var served = !!document.querySelector('meta[name="featviz-serve"]');
+  // Built pages say content="0"; featviz serve flips it to "1" on the pages it serves.
+  var serveMarker = document.querySelector('meta[name="featviz-serve"]');
+  var served = !!serveMarker && serveMarker.content === "1";
   var msg = document.getElementById("jump-msg");
   var input = document.getElementById("jump-input");
 
