@@ -132,14 +132,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--out", type=Path, default=None, help="keep the report here (default: a temporary folder)")
+    parser.add_argument("--parts", default="1234", help="which of the four measures to run, e.g. 1 or 234")
     args = parser.parse_args()
     model = load("efficientnet_lite0")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; timings on a shared machine: read ratios")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        lesson(model, [int(b) for b in args.budgets.split(",")], args.steps, args.size, args.out or tmp / "report")
-        overhead(model, args.size)
-        resume_and_memory(tmp, 64)
+        if "1" in args.parts:
+            lesson(model, [int(b) for b in args.budgets.split(",")], args.steps, args.size, args.out or tmp / "report")
+        if "2" in args.parts:
+            overhead(model, args.size)
+        if "3" in args.parts or "4" in args.parts:
+            resume_and_memory(tmp, 64)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,21 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import FeatvizError
+from .imageio import check_output
 
 LOCK = ".lock"  # the lock file inside a locked folder
+
+
+class DamagedDatabaseError(FeatvizError, sqlite3.DatabaseError):
+    """A database file SQLite cannot read: one line for the user, and still an ``sqlite3.DatabaseError``
+    for the stores that explain what to do about their own damaged file."""
+
+
+def require_regular_file(path: Path) -> None:
+    """A lock or a database must be a regular file (or not exist yet): opening a named pipe would
+    hang and writing a device could damage the system (``featviz.imageio.check_output``'s rule)."""
+    if check_output(path, probe=False) != "replace":
+        raise FeatvizError(f"refusing to use {path}: it is not a regular file")
 
 
 class FolderLock:
@@ -21,7 +34,11 @@ class FolderLock:
 
     def __init__(self, folder: str | os.PathLike, busy: str):
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FeatvizError(f"cannot create the folder {folder}: {exc.strerror or exc}") from None
+        require_regular_file(folder / LOCK)
         self.file = open(folder / LOCK, "a+")
         try:
             import fcntl
@@ -50,11 +67,16 @@ def connect(db: str | os.PathLike, *, readonly: bool = False, any_thread: bool =
     synced to disk. any_thread: the connection may be used from other threads.
     """
     path = Path(db)
+    require_regular_file(path)
     if readonly:
         return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, timeout=30,
                                check_same_thread=not any_thread)
     con = sqlite3.connect(str(path), isolation_level=None, timeout=30, check_same_thread=not any_thread)
-    con.execute("PRAGMA synchronous=FULL")
+    try:
+        con.execute("PRAGMA synchronous=FULL")  # the first statement: a damaged file fails here
+    except sqlite3.DatabaseError as exc:
+        con.close()
+        raise DamagedDatabaseError(f"{path} is damaged or not an SQLite database ({exc})") from None
     return con
 
 
@@ -64,7 +86,7 @@ def transaction(con: sqlite3.Connection):
     con.execute("BEGIN IMMEDIATE")
     try:
         yield con
-    except BaseException:
+    except BaseException as exc:
         # SQLite has already rolled back after some errors (SQLITE_FULL...): a second ROLLBACK would
         # fail with "cannot rollback - no transaction is active" and hide the real error.
         if con.in_transaction:
@@ -72,9 +94,20 @@ def transaction(con: sqlite3.Connection):
                 con.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+        if isinstance(exc, sqlite3.OperationalError) and _disk_full(exc):
+            raise FeatvizError(f"cannot save: {exc}; free some space and run the same command again "
+                               "(what was saved before is kept)") from None
         raise
     else:
         con.execute("COMMIT")
+
+
+def _disk_full(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    return code == SQLITE_FULL if code is not None else "disk is full" in str(exc)
+
+
+SQLITE_FULL = 13  # sqlite3.SQLITE_FULL from Python 3.11
 
 
 class Database:

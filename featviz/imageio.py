@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,6 +19,11 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from .errors import FeatvizError, ImageReadError
 
 SETTINGS_KEY = "featviz"  # PNG text chunk that holds the JSON settings
+
+
+# Pillow's decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS, ~179 megapixels), kept even where a
+# program has switched Pillow's check off: decoding more would need gigabytes of memory.
+MAX_PIXELS = 2 * 89_478_485
 
 
 def check_regular_file(path) -> None:
@@ -34,6 +42,25 @@ def check_regular_file(path) -> None:
         raise ImageReadError(f"not a regular file ({kind}): {path}")
 
 
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file as featviz reads every photo: only its header is read, and a missing or
+    unreadable file, anything but a regular file (``check_regular_file``) or an image of more than
+    ``MAX_PIXELS`` (a decompression bomb) is an ``ImageReadError`` line. Use it as a context manager."""
+    path = Path(path)
+    check_regular_file(path)
+    try:
+        img = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(f"refusing to read image {path}: {exc}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"cannot read image {path}: {exc}") from None
+    if img.width * img.height > MAX_PIXELS:
+        img.close()
+        raise ImageReadError(f"refusing to read image {path}: {img.width}x{img.height} pixels is more than "
+                             f"{MAX_PIXELS} (a decompression bomb?)")
+    return img
+
+
 # 32-bit integer, float and 16-bit grey images: converting them to 8-bit RGB clips their values, so a
 # model would see a white or black frame instead of the photo. One rule for every command that reads a photo
 # (render's dream, attribute, blocks); the dataset-examples reader scales them to 8 bits before this check.
@@ -41,18 +68,15 @@ UNSUPPORTED_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
 
 
 def load_image(source) -> Image.Image:
-    """Open a path or PIL image as RGB; any failure is an ``ImageReadError``."""
+    """Open a path or PIL image as RGB; any failure is an ``ImageReadError`` (see ``open_image``)."""
     if isinstance(source, Image.Image):
         img = source
     else:
         path = Path(source)
-        check_regular_file(path)
+        img = open_image(path)
         try:
-            img = Image.open(path)
             img.load()
-        except FileNotFoundError:
-            raise ImageReadError(f"image not found: {path}") from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        except (OSError, SyntaxError, ValueError, MemoryError) as exc:
             raise ImageReadError(f"cannot read image {path}: {exc}") from None
     if img.mode in UNSUPPORTED_MODES:
         name = "the image" if isinstance(source, Image.Image) else str(source)
@@ -83,6 +107,109 @@ def to_pil(image: torch.Tensor | np.ndarray) -> Image.Image:
     return Image.fromarray(arr.squeeze(-1) if mode == "L" else arr, mode)
 
 
+STDOUT = "-"  # an output path that means: write to standard output
+
+
+def writes_to_stdout(path: str | os.PathLike) -> bool:
+    """True for '-' and for a path that names this process's standard output (/dev/stdout,
+    /dev/fd/1...): a command then prints its messages on stderr, not among the file's bytes."""
+    if os.fspath(path) == STDOUT:
+        return True
+    try:
+        here, out = os.stat(path), os.fstat(1)
+    except (OSError, ValueError):
+        return False
+    return (here.st_dev, here.st_ino) == (out.st_dev, out.st_ino)
+
+
+def _kind_of(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_output(path: str | os.PathLike, probe: bool = True) -> str:
+    """How featviz may write the file ``path``, or a one-line ``FeatvizError`` saying why not.
+
+    The rule every file featviz writes goes through (``atomic_write``, the SQLite stores, the
+    folder locks): featviz only ever *replaces* a regular file (or creates a missing one). What
+    is not a regular file is never replaced: standard output ('-', /dev/stdout), a named pipe
+    and the null device are written through, as a user who names them means; any other device,
+    a folder or a socket is refused. A symbolic link is followed, never replaced.
+    Returns 'replace' (a regular file, or none yet) or 'stream' (write through).
+    probe: also try to create a file in the folder (read-only disks, /proc, permissions), so a
+    command can check its output before a long computation rather than fail at the end.
+    """
+    text = os.fspath(path)
+    if text == "":
+        raise FeatvizError("the output path is empty; give a file name")
+    if writes_to_stdout(text):
+        return "stream"
+    p = Path(text)
+    try:
+        st = os.stat(p)  # follows links: what a write would reach
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
+            raise FeatvizError(f"cannot write {p}: {exc.strerror or exc}") from None
+        st = None  # explained below
+    if st is not None:
+        if stat.S_ISREG(st.st_mode):
+            return "replace"
+        if stat.S_ISFIFO(st.st_mode) or (stat.S_ISCHR(st.st_mode) and st.st_rdev == _null_device()):
+            return "stream"
+        raise FeatvizError(f"refusing to write {p}: it is {_kind_of(st.st_mode)}, not a regular file "
+                           "(featviz only replaces regular files)")
+    if p.name in ("", ".", ".."):
+        raise FeatvizError(f"cannot write {p}: it names a folder, not a file")
+    folder = Path(os.path.realpath(p)).parent
+    existing = next((a for a in (folder, *folder.parents) if os.path.lexists(a)), None)
+    if existing is not None and not existing.is_dir():
+        raise FeatvizError(f"cannot write {p}: {existing} is a file, not a folder")
+    try:
+        name_max = os.pathconf(existing or ".", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    if len(os.fsencode(p.name)) > name_max:
+        raise FeatvizError(f"cannot write {p.name[:40]}...: the file name is {len(os.fsencode(p.name))} bytes long, "
+                           f"this file system allows {name_max}")
+    if probe and existing is not None:
+        if existing == folder:
+            try:
+                fd, tmp = tempfile.mkstemp(dir=folder, prefix=".featviz-probe.")
+            except OSError as exc:
+                raise FeatvizError(f"cannot write {p}: cannot create a file in {folder} "
+                                   f"({exc.strerror or exc})") from None
+            os.close(fd)
+            os.unlink(tmp)
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            raise FeatvizError(f"cannot write {p}: no permission to create folders in {existing}")
+    return "replace"
+
+
+def output_folder(path: str | os.PathLike) -> Path:
+    """Create the folder ``path`` (and its parents) for a command's files, or one ``FeatvizError``
+    line saying why it cannot be (empty name, a file in the way, no permission, /proc...)."""
+    if os.fspath(path) == "":
+        raise FeatvizError("the output folder is empty; give a folder name")
+    folder = Path(path)
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise FeatvizError(f"{folder} exists and is not a folder")
+    check_output(folder / "file", probe=True)  # the rules of a file in it, before the folder exists
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FeatvizError(f"cannot create the folder {folder}: {exc.strerror or exc}") from None
+    check_output(folder / "file", probe=True)
+    return folder
+
+
+def _null_device() -> int:
+    return os.stat(os.devnull).st_rdev
+
+
 def _read_umask() -> int:
     mask = os.umask(0)  # the only way to read it is to set it; done once, at import, before any threads
     os.umask(mask)
@@ -93,22 +220,66 @@ _UMASK = _read_umask()
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call ``write(tmp_path)`` then rename over ``path``: readers never see half a file."""
+    """Call ``write(tmp_path)`` then rename over ``path``: readers never see half a file.
+
+    Only a regular file is ever replaced (``check_output``): a link is followed, standard
+    output, a pipe or the null device are written through, anything else is refused. Any
+    failure is one ``FeatvizError`` line and leaves what was at ``path`` as it was.
+    """
+    how = check_output(path, probe=False)
+    if how == "stream":
+        _write_through(path, write)
+        return Path(path)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
-    os.close(fd)
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    tmp = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name[:200]}.", suffix=target.suffix or ".tmp")
+        os.close(fd)
         write(tmp)
         # mkstemp makes the file private (0600); give it the mode a plain open() would have, so a
         # site or report can be served by a web server running as another user.
         os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        os.replace(tmp, target)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, FeatvizError):
+            raise FeatvizError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
     return path
+
+
+def _write_through(path, write) -> None:
+    """Write into what is at ``path`` (stdout, a pipe, the null device) without replacing it."""
+    fd, tmp = tempfile.mkstemp(prefix=".featviz-out.")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as src:
+            if os.fspath(path) == STDOUT:
+                out = getattr(sys.stdout, "buffer", None) or sys.stdout
+                shutil.copyfileobj(src, out)
+                out.flush()
+                return
+            try:
+                # Non-blocking open: a pipe nobody reads is an error now, not a hang.
+                dst_fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                reason = "nothing reads from the pipe" if exc.errno == errno.ENXIO else exc.strerror or exc
+                raise FeatvizError(f"cannot write {path}: {reason}") from None
+            os.set_blocking(dst_fd, True)
+            with open(dst_fd, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    except OSError as exc:
+        if isinstance(exc, FeatvizError):
+            raise
+        raise FeatvizError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 # What featviz writes, by file extension; every one keeps the settings (PNG in a text chunk, the

@@ -142,13 +142,15 @@ def render_thumbnails(model: ModelOrganism, layer: str, channels: Sequence[int],
     """Feature visualizations of ``channels`` of ``layer``, rendered in one batch by the engine."""
     try:
         from ..optvis import render
+        from ..optvis.render import finished
     except ImportError as exc:
         raise FeatvizError(f"feature visualization engine is not available ({exc}); "
                            "use thumbnails=False / --no-thumbnails") from None
     from ..optvis.objectives import batched_channels
 
     objective = batched_channels([(render_layer(model, layer), int(c)) for c in channels])
-    result = render(model, objective, size=size, steps=steps, seed=seed, batch=len(channels), **kwargs)
+    result = finished(render(model, objective, size=size, steps=steps, seed=seed, batch=len(channels),
+                             **kwargs))
     return [result.pil(i) for i in range(len(channels))]
 
 

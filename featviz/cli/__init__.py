@@ -20,6 +20,18 @@ class FeatvizGroup(click.Group):
         except FeatvizError as exc:
             click.echo(f"featviz: error: {exc}", err=True)
             sys.exit(2)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # a bare group: its help, as usual
+        except click.UsageError as exc:
+            # A bad option value or a missing argument is bad input like any other: one line,
+            # the same form, rather than click's usage block.
+            where = exc.ctx.command_path if exc.ctx is not None else "featviz"
+            click.echo(f"featviz: error: {exc.format_message()} (see '{where} --help')", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            # Commands that keep partial work say where it is; any other stops here, without a traceback.
+            click.echo("featviz: interrupted", err=True)
+            sys.exit(130)
 
 
 @click.group(cls=FeatvizGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -3,7 +3,18 @@ from __future__ import annotations
 
 import click
 
+from ..imageio import check_output, writes_to_stdout
 from ..models import DEFAULT_MODEL, load
+
+class OutputPath(click.Path):
+    """click.Path for a file or folder featviz writes: an empty value is refused (click.Path with
+    path_type=Path would turn it into '.', the current folder)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value == "":
+            self.fail("the output path is empty; give a name", param, ctx)
+        return super().convert(value, param, ctx)
+
 
 # MODEL is required: an optional first argument would swallow the next one
 # (click fills arguments left to right). Only `featviz layers` defaults it.
@@ -116,3 +127,15 @@ def make_engine(name: str, address: str | None):
     from ..engine import get_engine
 
     return get_engine(name, address)
+
+
+def check_outputs(*paths) -> None:
+    """Refuse an output path that cannot be written before any work is done (None: not asked for)."""
+    for path in paths:
+        if path is not None:
+            check_output(path)
+
+
+def echo_for(out, message: str) -> None:
+    """A message about the file ``out``: on stderr when the file itself goes to standard output."""
+    click.echo(message, err=writes_to_stdout(out))

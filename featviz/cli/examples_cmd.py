@@ -9,7 +9,8 @@ import click
 
 from ..errors import FeatvizError
 from ..models import DEFAULT_MODEL, is_model_reference
-from .common import device_option, engine_options, load_model, make_engine, model_argument, parse_unit, weights_option
+from .common import (OutputPath, device_option, engine_options, load_model, make_engine, model_argument,
+                     parse_unit, weights_option)
 
 
 @click.command("examples")
@@ -19,13 +20,13 @@ from .common import device_option, engine_options, load_model, make_engine, mode
               help="comma-separated layers, e.g. blocks.4,blocks.8,head (default: 4 main layers)")
 @click.option("--top", type=int, default=10, show_default=True, help="top-k images per unit (by mean and by max)")
 @click.option("--bottom", type=int, default=10, show_default=True, help="bottom-k images per unit (by mean)")
-@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="store folder")
+@click.option("--out", "-o", type=OutputPath(path_type=Path), required=True, help="store folder")
 @click.option("--batch-size", type=int, default=None, help="images per batch (default 32, or the store's)")
 @click.option("--size", type=int, default=None, help="input size (default: the model's)")
 @click.option("--shard", default=None,
               help="I/N: only batches I, I+N, I+2N... of the folder (then examples-merge the N stores)")
 @click.option("--overwrite", is_flag=True, help="start the store over if it was made with other settings")
-@click.option("--workers", type=int, default=None, help="decoding threads (default: up to 4)")
+@click.option("--workers", type=click.IntRange(1, 256), default=None, help="decoding threads (default: up to 4)")
 @click.option("--checkpoint-every", type=float, default=30.0, show_default=True, help="seconds between checkpoints")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar")
 @device_option
@@ -93,7 +94,7 @@ def examples_merge_cmd(out, stores, overwrite):
 @click.command("examples-show")
 @click.argument("store", type=click.Path(path_type=Path))
 @click.argument("unit")
-@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="output PNG")
+@click.option("-o", "--out", type=OutputPath(dir_okay=False, path_type=Path), required=True, help="output PNG")
 @click.option("--top", "k", type=click.IntRange(1, 1000), default=None, help="examples per row (default: all)")
 def examples_show_cmd(store, unit, out, k):
     """A sheet of the dataset examples of UNIT (LAYER:UNIT) from STORE, without visualization."""
@@ -112,7 +113,7 @@ def examples_show_cmd(store, unit, out, k):
 @click.argument("unit", metavar="LAYER:UNIT", required=False)
 @click.option("--store", "store_path", type=click.Path(path_type=Path), required=True,
               help="example store made with 'featviz examples'")
-@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="output PNG")
+@click.option("-o", "--out", type=OutputPath(dir_okay=False, path_type=Path), required=True, help="output PNG")
 @click.option("--top", "k", type=click.IntRange(1, 1000), default=None, help="examples per row (default: all)")
 @click.option("--size", type=click.IntRange(16, 4096), default=None, help="visualization size in px")
 @click.option("--steps", type=click.IntRange(1, 100_000), default=None, help="optimization steps")

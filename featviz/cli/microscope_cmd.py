@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import FeatvizError
-from .common import device_option, engine_options, load_model, make_engine, model_argument, parse_indices
+from .common import OutputPath, device_option, engine_options, load_model, make_engine, model_argument, parse_indices
 
 
 def _units(text: str | None, organism):
@@ -36,7 +36,7 @@ def microscope():
 @click.option("--layers", "-l", default=None, help="comma-separated layers (default: a set spanning the depth)")
 @click.option("--units", default=None,
               help="per layer: N (the first N), a list such as 0-31 or 3,7,9, or 'all' (default: 8 quick, all full)")
-@click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("microscope"), show_default=True,
+@click.option("--out", "-o", type=OutputPath(path_type=Path), default=Path("microscope"), show_default=True,
               help="site folder (static HTML/CSS/JS and images)")
 @click.option("--steps", type=click.IntRange(1, 100_000), default=None, help="optimization steps (32 quick, 96 full)")
 @click.option("--size", type=click.IntRange(16, 4096), default=None, help="image side in px (96 quick, 128 full)")

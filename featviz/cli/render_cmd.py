@@ -7,11 +7,12 @@ from pathlib import Path
 import click
 
 from ..errors import FeatvizError
-from ..imageio import grid, image_format, save_image
+from ..imageio import grid, image_format, save_image, writes_to_stdout
 from ..optvis import RECIPES, render, render_units
 from ..optvis.render import auto_recipe
 from ..optvis.objectives import parse
-from .common import device_option, load_model, model_argument, parse_indices
+from .common import (OutputPath, check_outputs, device_option, echo_for, load_model, model_argument,
+                     parse_indices)
 
 
 def recipe_options(f):
@@ -45,11 +46,11 @@ def _finish(result, out: Path, gif: Path | None = None) -> None:
     if result.interrupted:
         click.echo(f"interrupted after {result.settings['steps_done']} steps; saving the last image", err=True)
     result.save(out)
-    click.echo(f"wrote {out}  ({result.settings['objective']}, {result.settings['steps_done']} steps, "
-               f"{result.settings['seconds']:.1f} s)")
+    echo_for(out, f"wrote {out}  ({result.settings['objective']}, {result.settings['steps_done']} steps, "
+                  f"{result.settings['seconds']:.1f} s)")
     if gif is not None and result.snapshots:
         result.save_gif(gif)
-        click.echo(f"wrote {gif}")
+        echo_for(gif, f"wrote {gif}")
     if result.interrupted:
         sys.exit(130)
 
@@ -57,20 +58,21 @@ def _finish(result, out: Path, gif: Path | None = None) -> None:
 @click.command("render")
 @model_argument
 @click.argument("target")
-@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+@click.option("-o", "--out", type=OutputPath(dir_okay=False, path_type=Path), required=True,
               help="output image: .png (or .jpg, .webp, .tif), with the settings in its metadata")
 @click.option("--batch", type=click.IntRange(1, 4096), default=1, show_default=True,
               help="images in one optimization (a contact sheet is written when > 1)")
 @click.option("--diversity", type=float, default=0.0, help="weight of a diversity term across the batch")
 @click.option("--alpha", is_flag=True, help="add a transparency channel")
-@click.option("--gif", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--gif", type=OutputPath(dir_okay=False, path_type=Path), default=None,
               help="also write an animated GIF of the optimization")
 @recipe_options
 def render_cmd(model, target, out, batch, diversity, alpha, gif, recipe, steps, lr, param, transforms, seed, size,
                device):
     """Render what TARGET looks for, e.g. blocks.8:12, logit:309, prob:309, dream:blocks.5,
-    neuron:blocks.8:12, or sums such as 'blocks.8:12 - 0.5*blocks.8:3'."""
+    neuron:blocks.8:12, or sums such as 'blocks.8:12 - 0.5*blocks.8:3'. -o - writes the PNG to stdout."""
     image_format(out)  # refuse an extension featviz cannot write before rendering anything
+    check_outputs(out, gif)
     organism = load_model(model, device)
     objective = parse(target, organism)
     if diversity:
@@ -91,16 +93,19 @@ def render_cmd(model, target, out, batch, diversity, alpha, gif, recipe, steps, 
 @model_argument
 @click.argument("layer")
 @click.option("--channels", default=None, help="e.g. 0-31 or 3,7,9 (default: all)")
-@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+@click.option("-o", "--out", type=OutputPath(dir_okay=False, path_type=Path), required=True,
               help="contact sheet PNG; single images go to OUT_DIR/<layer>_<channel>.png beside it")
 @click.option("--batch", type=click.IntRange(1, 4096), default=16, show_default=True, help="units per optimization")
 @click.option("--kind", type=click.Choice(["channel", "neuron", "negative"]), default="channel", show_default=True)
-@click.option("--columns", type=int, default=None)
+@click.option("--columns", type=click.IntRange(1, 4096), default=None, help="columns of the sheet (default: square)")
 @recipe_options
 def render_layer_cmd(model, layer, channels, out, batch, kind, columns, recipe, steps, lr, param, transforms, seed,
                      size, device):
     """Render many units of LAYER, batched, as a contact sheet plus single files."""
+    if writes_to_stdout(out):
+        raise FeatvizError("render-layer also writes single images in a folder beside the sheet; give -o a file name")
     image_format(out)
+    check_outputs(out)
     organism = load_model(model, device)
     info = organism.layer(layer)
     chans = parse_indices(channels, "--channels", info.channels, f"channel of {layer}") if channels \
@@ -124,11 +129,12 @@ def render_layer_cmd(model, layer, channels, out, batch, kind, columns, recipe, 
 @click.argument("photo", type=click.Path(path_type=Path))
 @click.option("--layer", required=True, help="layer whose activations to amplify (DeepDream)")
 @click.option("--channel", type=int, default=None, help="amplify one channel instead of the whole layer")
-@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("-o", "--out", type=OutputPath(dir_okay=False, path_type=Path), required=True)
 @recipe_options
 def dream_cmd(model, photo, layer, channel, out, recipe, steps, lr, param, transforms, seed, size, device):
     """DeepDream: start from PHOTO and amplify what LAYER sees in it."""
     image_format(out)
+    check_outputs(out)
     organism = load_model(model, device)
     image = organism.preprocess(photo, size or organism.input_size)
     target = f"{layer}:{channel}" if channel is not None else f"dream:{layer}"

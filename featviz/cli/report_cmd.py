@@ -6,7 +6,8 @@ from pathlib import Path
 import click
 
 from ..errors import FeatvizError
-from .common import device_option, load_model, model_argument, parse_range, parse_unit
+from ..imageio import output_folder
+from .common import OutputPath, device_option, load_model, model_argument, parse_range, parse_unit
 
 
 def _classes(text: str) -> list[int]:
@@ -46,7 +47,7 @@ def report():
 @click.option("--size", type=int, default=160, show_default=True, help="render size in pixels")
 @click.option("--steps", type=int, default=64, show_default=True, help="optimization steps per image")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="output folder")
+@click.option("--out", "-o", type=OutputPath(path_type=Path), required=True, help="output folder")
 @site_option
 @device_option
 def logits_cmd(model, classes, judge, size, steps, seed, out, site, device):
@@ -58,6 +59,7 @@ def logits_cmd(model, classes, judge, size, steps, seed, out, site, device):
     _positive("--steps", steps)
     if size < 16:
         raise FeatvizError(f"--size must be at least 16 px, got {size}")
+    output_folder(out)  # refused in one line now, not after the renders
     organism = load_model(model, device)
     if site is not None:
         _check_site(site, organism.name)
@@ -82,7 +84,7 @@ def logits_cmd(model, classes, judge, size, steps, seed, out, site, device):
 @click.option("--method", default="saliency", show_default=True,
               help="attribution method (saliency | smoothgrad | ig | gradcam | guided-gradcam)")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="output folder")
+@click.option("--out", "-o", type=OutputPath(path_type=Path), required=True, help="output folder")
 @site_option
 @device_option
 def causes_cmd(model, unit, store, k, steps, size, mask_frac, method, seed, out, site, device):
@@ -99,6 +101,7 @@ def causes_cmd(model, unit, store, k, steps, size, mask_frac, method, seed, out,
     if not 0 < mask_frac < 1:
         raise FeatvizError(f"--mask-frac must be between 0 and 1, got {mask_frac}")
     method = canonical_method(method)
+    output_folder(out)  # refused in one line now, not after the renders
     organism = load_model(model, device)
     if site is not None:
         _check_site(site, organism.name)
@@ -126,7 +129,7 @@ def causes_cmd(model, unit, store, k, steps, size, mask_frac, method, seed, out,
 @click.option("--pixels/--no-pixels", default=True, show_default=True, help="also probe the raw pixels")
 @click.option("--pictures/--no-pictures", default=True, show_default=True,
               help="channel visualizations along the depth (about a minute on a CPU)")
-@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="output folder")
+@click.option("--out", "-o", type=OutputPath(path_type=Path), required=True, help="output folder")
 @site_option
 @device_option
 def transfer_cmd(model, data_dir, layers, size, per_class, folds, seed, pixels, pictures, out, site, device):
@@ -146,6 +149,7 @@ def transfer_cmd(model, data_dir, layers, size, per_class, folds, seed, pixels, 
         raise FeatvizError("--layers: no layer given")
     if data_dir is not None and not data_dir.is_dir():
         raise FeatvizError(f"data folder not found: {data_dir} (it should hold one sub-folder of images per class)")
+    output_folder(out)  # refused in one line now, not after the renders
     organism = load_model(model, device)
     if site is not None:
         _check_site(site, organism.name)
@@ -166,7 +170,8 @@ def transfer_cmd(model, data_dir, layers, size, per_class, folds, seed, pixels, 
 @click.option("--budgets", default="2,5,10,25", show_default=True, help="training examples per class, e.g. 2,5,10")
 @click.option("--steps", type=int, default=60, show_default=True, help="optimizer steps of every run")
 @click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="AdamW learning rate (cosine decay)")
+@click.option("--lr", type=float, default=1e-4, show_default=True,
+              help="AdamW learning rate of the network (cosine decay); the new classifier's is 10x")
 @click.option("--holdout", type=int, default=10, show_default=True, help="held-out images per class")
 @click.option("--size", type=int, default=None,
               help="image side in px [default: 96 for the demo task, the model's input size for DATA_DIR]")

@@ -15,7 +15,8 @@ from .common import load_model, model_argument
               help="run folder (checkpoints, model.toml, metrics.json); run again to resume a killed run")
 @click.option("--epochs", type=int, default=5, show_default=True)
 @click.option("--steps", type=int, default=None, help="optimizer steps in all, instead of --epochs passes")
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="AdamW learning rate (cosine decay)")
+@click.option("--lr", type=float, default=1e-4, show_default=True,
+              help="AdamW learning rate of the network (cosine decay); the new classifier's is 10x")
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--per-class", type=int, default=None,
               help="training examples per class [default: all the folder's; the demo task: 20]")

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import FeatvizError, ImageReadError
-from ..imageio import check_regular_file, load_image
+from ..imageio import check_regular_file, load_image, open_image
 
 # The one list of photo file names featviz reads (any case): the examples pass, the microscope's
 # --data and the transfer report's folders all go through ``list_images``.
@@ -72,7 +72,7 @@ def read_photo(path: str | os.PathLike) -> Image.Image:
     """
     check_regular_file(path)
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img.load()
             try:
                 img = ImageOps.exif_transpose(img)

@@ -220,9 +220,9 @@ def available_memory(device=None) -> int | None:
     """Bytes a new allocation can use on ``device`` (default the CPU): the one rule featviz uses for
     renders too (``featviz.optvis.memory.available_bytes``: MemAvailable, a container's limit, CUDA's free
     memory); None where that cannot be told (then nothing is refused)."""
-    from ..optvis.memory import available_bytes
+    from ..optvis import memory
 
-    return available_bytes(torch.device("cpu") if device is None else torch.device(device))
+    return memory.available_bytes(torch.device("cpu") if device is None else torch.device(device))
 
 
 def format_bytes(n: float) -> str:

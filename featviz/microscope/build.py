@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ import torch
 from .._storage import LOCK, FolderLock
 from ..engine import Job, LocalEngine
 from ..errors import FeatvizError
-from ..imageio import atomic_write, save_png, to_pil
+from ..imageio import atomic_write, output_folder, save_png, to_pil
 from . import caricature, circuits
 from . import classes as cls
 from . import visuals
@@ -129,7 +130,7 @@ def build(model="efficientnet_lite0", out: str | os.PathLike = "microscope", dat
         raise FeatvizError(f"layers {layers} map to the same folder names {dirs}")
     plan = {layer: choose_units(model, layer, s) for layer in layers}
     class_list = choose_classes(model, s)
-    site.mkdir(parents=True, exist_ok=True)
+    output_folder(site)  # or one line: a file in the way, no permission, a read-only disk
     lock = FolderLock(site, f"the site {site} is being built by another process")
     try:
         with Manifest(site) as man:
@@ -250,8 +251,15 @@ class _Builder:
             try:
                 with ExampleStore(path) as old:
                     known = old.settings.get("layers", [])
+                    missing = missing_media(old)
             except FeatvizError:
-                known = []
+                known, missing = [], []
+            if missing:
+                # The store is this site's own (featviz wrote it, under the site's lock); a fresh
+                # pass rebuilds it exactly, which is what the pages that show its crops need.
+                self.say(f"{len(missing)} files of the dataset examples are missing (e.g. {missing[0]}); "
+                         "computing the examples again")
+                shutil.rmtree(path)
             order = {l.name: l.order for l in self.model.layers(all_modules=True)}
             wanted = sorted(set(wanted) | {l for l in known if l in order}, key=lambda n: order[n])
         self.say(f"dataset examples of {', '.join(wanted)} over "
@@ -492,18 +500,24 @@ class _Builder:
             if not todo:
                 continue
             seed = batch_seed(h, layer, batch[0])
-            pairs = [(layer, u) for u in todo]
+            # The whole planned batch is rendered even when only some of its units are missing: an
+            # image depends on its batch (the random views are drawn for all of it), so this is the
+            # only way a repaired site gets exactly the images an uninterrupted build made.
+            pairs = [(layer, u) for u in batch]
             job = (Job(visuals.render_diversity, (pairs, self.s, seed)) if kind == DIVERSITY
                    else Job(visuals.render_kind, (kind, pairs, self.s, seed)))
             label = f"{layer}: {kind} of units {_span(todo)} (batch {bi + 1}/{len(planned)})"
-            work.append(_Work(job, partial(self._finish_units, kind, layer, todo, seed, settings, h, label), layer))
+            work.append(_Work(job, partial(self._finish_units, kind, layer, batch, todo, seed, settings, h, label),
+                              layer))
         return work
 
-    def _finish_units(self, kind, layer, todo, seed, settings, h, label, results, seconds) -> None:
+    def _finish_units(self, kind, layer, batch, todo, seed, settings, h, label, results, seconds) -> None:
         panels = []
-        for u, res in zip(todo, results):
-            meta = {"panel": kind, "layer": layer, "unit": u, "settings": settings, "seed": seed, "batch": todo}
-            info = {"seed": seed, "batch": todo}
+        for u, res in zip(batch, results):
+            if u not in todo:  # up to date: its files are these very bytes already
+                continue
+            meta = {"panel": kind, "layer": layer, "unit": u, "settings": settings, "seed": seed, "batch": batch}
+            info = {"seed": seed, "batch": batch}
             if kind == DIVERSITY:
                 files = [self.save(img, self.unit_rel(layer, u, f"diversity-{j}.png"), meta | {"index": j})
                          for j, img in enumerate(res)]
@@ -607,6 +621,14 @@ def examples_info(store, model_slug: str, layer: str, unit: int) -> tuple[dict, 
             files.append(rel)
         info[key] = items
     return info, list(dict.fromkeys(files))
+
+
+def missing_media(store) -> list[str]:
+    """Files of a complete example store (crops, images) that are not on disk, relative to the store."""
+    if not store.complete:
+        return []
+    files = dict.fromkeys(row[-1] for row in store.results()["examples"])
+    return [f for f in files if not (store.path / f).is_file()]
 
 
 def _span(units: list[int]) -> str:

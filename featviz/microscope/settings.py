@@ -112,6 +112,11 @@ def preset(name: str, **overrides) -> BuildSettings:
             value = clean[key]
             clean[key] = tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) \
                 else tuple(value)
+            if isinstance(value, str) and not clean[key]:
+                raise FeatvizError(f"no {key} named in {value!r}; give a comma-separated list")
+    if clean.get("layers") == ():
+        # an empty list is a mistake, not a request for the default layers (that is None)
+        raise FeatvizError("no layers given; 'featviz layers MODEL' lists them")
     if isinstance(clean.get("units"), list):
         clean["units"] = tuple(clean["units"])
     if clean.get("units") == "all":

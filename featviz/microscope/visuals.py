@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..optvis import render, render_units
 from ..optvis.objectives import Objective, Unit, deepdream, logit, spatial
+from ..optvis.render import finished
 from .settings import BuildSettings
 
 Callback = Callable[[int, float], None] | None
@@ -28,8 +29,7 @@ MAX_DIVERSITY_CHANNELS = 512  # wider layers measure diversity on an earlier lay
 
 
 def _check(result) -> None:
-    if result.interrupted:
-        raise KeyboardInterrupt
+    finished(result)
 
 
 def render_kind(model, kind: str, units: Sequence[tuple[str, int]], s: BuildSettings, seed: int,

@@ -442,3 +442,17 @@ def version() -> str:
         return package_version("featviz")
     except Exception:
         return "dev"
+
+
+def finished(results):
+    """``results`` (one ``RenderResult`` or a list of them) when every render ran to the end; else
+    the Ctrl-C that stopped one (``interrupted``) is raised again as ``KeyboardInterrupt``.
+
+    For callers that make many renders (reports, Building Blocks, the microscope): ``render`` returns
+    on Ctrl-C so that a single render keeps its last image, but a report must stop altogether rather
+    than go on to its next render with a half-optimized image.
+    """
+    items = results if isinstance(results, (list, tuple)) else [results]
+    if any(r.interrupted for r in items):
+        raise KeyboardInterrupt
+    return results

@@ -10,13 +10,11 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..imageio import atomic_write
+from ..imageio import atomic_write, output_folder
 
 
 def out_folder(out_dir) -> Path:
-    path = Path(out_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return output_folder(out_dir)
 
 
 def write_json(path: Path, data: Any) -> Path:

@@ -109,7 +109,7 @@ def causes_report(model, unit: tuple[str, int], store, out_dir="report-causes", 
     ``causes_plot.png``, ``report.md`` and ``results.json`` under ``out_dir``; returns the results."""
     from ..attribution import attribute
     from ..examples import ExampleStore, open_store
-    from ..optvis.render import render
+    from ..optvis.render import finished, render
 
     say = log or (lambda msg: None)
     layer, unit = unit
@@ -138,7 +138,7 @@ def causes_report(model, unit: tuple[str, int], store, out_dir="report-causes", 
     t_start = time.perf_counter()
 
     say(f"rendering {layer}:{unit}")
-    vis = render(model, f"{layer}:{unit}", size=size, steps=steps, seed=seed, recipe="default")
+    vis = finished(render(model, f"{layer}:{unit}", size=size, steps=steps, seed=seed, recipe="default"))
     save_png(vis.pil(), out / "visualization.png", vis.settings)
     vis_act = float(unit_activation(model, torch.round(vis.images[:1] * 255) / 255, layer, unit)[0])
 

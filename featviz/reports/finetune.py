@@ -119,6 +119,7 @@ def finetune_report(model, data_dir=None, out_dir="report-finetune", *, budgets:
         "report": "finetune",
         "settings": {"model": model.name, "data": str(data_dir) if data_dir else "demo", "budgets": budgets,
                      "steps": steps, "batch_size": base.batch_size, "lr": base.lr,
+                     "head_lr_factor": base.head_lr_factor,
                      "weight_decay": base.weight_decay, "holdout": base.holdout,
                      "size": int(split.train.images.shape[-1]), "seed": base.seed,
                      "freeze_until": base.freeze_until, **environment()},
@@ -266,7 +267,7 @@ question without training: how useful each layer's features are to a linear prob
 | data | {results['data']['description']} |
 | classes | {', '.join(results['data']['classes'])} |
 | held-out images | {results['data']['heldout_images']} ({s['holdout']} per class; the same for every run) |
-| training | AdamW, lr {s['lr']:g} (cosine decay), weight decay {s['weight_decay']:g}, batch {s['batch_size']}, {s['steps']} steps for every run, gradient norm clipped to 1, random flips and shifts |
+| training | AdamW, lr {s['lr']:g} for the network and {s['lr'] * s['head_lr_factor']:g} for the new classifier (cosine decay), weight decay {s['weight_decay']:g}, batch {s['batch_size']}, {s['steps']} steps for every run, gradient norm clipped to 1, random flips and shifts |
 | from scratch | same architecture and input normalization; He-normal weights, LSUV rescale to unit output variance (the built-in networks have batch norm folded into their convolutions) |
 | image size | {s['size']} px |
 | seed | {s['seed']} |

@@ -81,7 +81,7 @@ def logits_report(model, classes: Sequence[int] = DEFAULT_CLASSES, out_dir="repo
     steps and size), measure both images, and write ``logits.png`` (side by side),
     ``logits_plot.png`` (the four measures), ``report.md`` and ``results.json`` under
     ``out_dir``. Returns the results dict (also in ``results.json``)."""
-    from ..optvis.render import render
+    from ..optvis.render import finished, render
 
     say = log or (lambda msg: None)
     model = load(model)
@@ -114,7 +114,7 @@ def logits_report(model, classes: Sequence[int] = DEFAULT_CLASSES, out_dir="repo
         for kind in OBJECTIVES:
             spec = f"{kind}:{c}"
             say(f"rendering {spec} ({label})")
-            res = render(model, spec, size=size, steps=steps, seed=seed, recipe="default")
+            res = finished(render(model, spec, size=size, steps=steps, seed=seed, recipe="default"))
             image = quantize(res.images[:1])
             path = img_dir / f"{kind}_{c}.png"
             save_png(to_pil(image[0]), path, res.settings)

@@ -211,7 +211,7 @@ def transfer_report(model, data_dir=None, out_dir="report-transfer", *, layers: 
 
 
 def _pictures(model, rand, feats, data, rows, k, size, steps, seed, out: Path, say) -> dict:
-    from ..optvis.render import render_units
+    from ..optvis.render import finished, render_units
 
     n_classes = len(data.classes)
     pics: dict[str, list[dict]] = {"trained": [], "random": []}
@@ -225,8 +225,8 @@ def _pictures(model, rand, feats, data, rows, k, size, steps, seed, out: Path, s
             pens = row[net]["penalties"]
             penalty = max(set(pens), key=lambda p: (pens.count(p), p))
             chans = probe_channels(feats[net][layer], data.labels, n_classes, penalty, k)
-            res = render_units(organism, [(layer, c) for c in chans], batch_size=len(chans), size=size,
-                               steps=steps, recipe="sharp", seed=seed)
+            res = finished(render_units(organism, [(layer, c) for c in chans], batch_size=len(chans), size=size,
+                                        steps=steps, recipe="sharp", seed=seed))
             for c, r in zip(chans, res):
                 tiles[net].append((layer, c, r.images[0]))
                 pics[net].append({"layer": layer, "channel": c, "penalty": penalty,

@@ -83,7 +83,7 @@ def evolve(run, units: Sequence[tuple[str, int]], out, settings: EvolveSettings 
     PNG, a GIF and a sheet of its top held-out examples at the start and the end; compute linear
     CKA of every main layer to the starting network at every checkpoint and plot it. Writes
     ``evolve.json`` with every number; returns it."""
-    from ..optvis.render import render_units
+    from ..optvis.render import finished, render_units
 
     say = log or (lambda msg: None)
     settings.check()
@@ -111,8 +111,8 @@ def evolve(run, units: Sequence[tuple[str, int]], out, settings: EvolveSettings 
             layers = [i.name for i in organism.layers()]
             for layer, unit in units:
                 organism.check_channel(layer, unit)
-        results = render_units(organism, list(units), batch_size=len(units), size=settings.size,
-                               steps=settings.steps, recipe=settings.recipe, seed=settings.seed)
+        results = finished(render_units(organism, list(units), batch_size=len(units), size=settings.size,
+                                        steps=settings.steps, recipe=settings.recipe, seed=settings.seed))
         for unit, res in zip(units, results):
             frames[unit].append(res.pil())
             objective_values[unit].append(float(res.settings.get("final_objective", float("nan"))))

@@ -11,9 +11,9 @@ so the network trained here has no normalization layers. We train it as is, on
 purpose: the weights then load into the very architecture ``featviz.models.load``
 builds (a spec needs only ``base = "efficientnet_lite0"``), and fine-tuning from
 ImageNet weights needs no batch statistics. The price is that the network is
-less forgiving of large steps, so the defaults are a moderate learning rate
-(AdamW, 1e-3 for from-scratch and pretrained alike, so the comparison has the same
-budget) with the gradient norm clipped to 1; a from-scratch network starts from
+less forgiving of large steps, so the defaults are a small learning rate for
+the network (AdamW 1e-4, 10x for the new classifier; from-scratch and pretrained
+alike, so the comparison has the same budget) with the gradient norm clipped to 1; a from-scratch network starts from
 ``random_copy``'s He + LSUV initialization, which gives every convolution
 unit-variance outputs, the job batch norm would otherwise do at the start.
 """
