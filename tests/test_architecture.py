@@ -125,6 +125,35 @@ def test_the_library_never_imports_the_cli_or_the_server():
             if source.startswith(FRONT_ENDS):
                 offences.append(f"{module}:{line} imports {source}")
     assert not offences, "\n".join(offences)
+    import featviz.microscope
+
+    assert not hasattr(featviz.microscope, "create_app")
+
+
+def test_no_import_cycles_between_parts():
+    # Coarser than modules: featviz.engine must not need featviz.examples while examples needs the engine.
+    def part(name: str) -> str:
+        return ".".join(name.split(".")[:2])
+
+    graph: dict[str, set[str]] = {}
+    for module, tree in modules().items():
+        for _, source, _ in imports(module, tree, top_level_only=False):
+            if source.startswith("featviz.") and part(source) != part(module) and owner(source) in modules():
+                graph.setdefault(part(module), set()).add(part(source))
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph.get(todo.pop(), ()):
+                if nxt == goal:
+                    return True
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return False
+
+    assert sorted(f"{a} <-> {b}" for a in graph for b in graph[a] if reaches(b, a)) == []
+    assert "featviz.examples" not in graph.get("featviz.engine", set())
 
 
 def is_click_command(node: ast.FunctionDef) -> bool:
