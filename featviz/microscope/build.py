@@ -32,7 +32,7 @@ from ..engine import Job, LocalEngine
 from ..errors import FeatvizError
 from ..imageio import atomic_write, output_folder, save_png, to_pil
 from . import caricature, circuits
-from . import classes as cls
+from . import classes as class_effects
 from . import visuals
 from .manifest import Manifest, Panel
 from .pages import install_static, layer_dir, write_pages
@@ -288,12 +288,12 @@ class _Builder:
         else by attribution over each unit's top examples, as jobs for the engine."""
         if not self.model.num_classes:
             return []
-        readout = cls.linear_readout(self.model, layer)
+        readout = class_effects.linear_readout(self.model, layer)
         if readout is not None:
-            h, _ = self.hash_of(CLASSES, {"method": cls.WEIGHTS})
+            h, _ = self.hash_of(CLASSES, {"method": class_effects.WEIGHTS})
         else:
             ex_settings = {k: v for k, v in store.settings.items() if k != "layers"}
-            h, _ = self.hash_of(CLASSES, {"method": cls.ATTRIBUTION, "store": digest(ex_settings),
+            h, _ = self.hash_of(CLASSES, {"method": class_effects.ATTRIBUTION, "store": digest(ex_settings),
                                           "images": ATTRIBUTION_IMAGES})
         todo = self.missing(layer, units, CLASSES, h)
         work = []
@@ -301,12 +301,12 @@ class _Builder:
             if readout is not None:
                 t = time.perf_counter()
                 weight, name = readout
-                self._finish_classes_panels(layer, part, h, {"method": cls.WEIGHTS, "detail": name}, False,
+                self._finish_classes_panels(layer, part, h, {"method": class_effects.WEIGHTS, "detail": name}, False,
                                             weight[:, part].T, time.perf_counter() - t)
             else:
                 # The example crops travel as bytes (uint8), a quarter of their float size.
                 images = [self._example_pixels(store, layer, u) for u in part]
-                meta = {"method": cls.ATTRIBUTION, "n_images": ATTRIBUTION_IMAGES}
+                meta = {"method": class_effects.ATTRIBUTION, "n_images": ATTRIBUTION_IMAGES}
                 work.append(_Work(Job(attribution_effects, (layer, part, images)),
                                   partial(self._finish_classes_panels, layer, part, h, meta, True), layer))
         return work
@@ -314,7 +314,7 @@ class _Builder:
     def _finish_classes_panels(self, layer, part, h, meta, was_job: bool, effects, seconds) -> None:
         panels = []
         for u, row in zip(part, effects):
-            up, down = cls.top_classes(self.model, row, self.s.top_classes)
+            up, down = class_effects.top_classes(self.model, row, self.s.top_classes)
             panels.append(Panel(self.slug, layer, u, CLASSES, h, (), meta | {"up": up, "down": down}))
         if was_job:
             self._account(CLASSES, seconds)
@@ -468,12 +468,13 @@ class _Builder:
             t = time.perf_counter()
             files = [f for f in store.media_files() if f.startswith("media/images/")]
             paths = store.images()
-            info = cls.top_photos(self.model, [store.path / f for f in files], self.s.k, self.model.input_size)
+            info = class_effects.top_photos(self.model, [store.path / f for f in files], self.s.k,
+                                            self.model.input_size)
             info["images"] = [["/".join([self.slug, EXAMPLES_DIR, f]), paths[int(Path(f).stem)]] for f in files]
             self.report.seconds[CLASS_PHOTOS] += time.perf_counter() - t
             self.commit([Panel(self.slug, "", -1, CLASS_PHOTOS, h, (), info)], CLASS_PHOTOS)
         for layer in self.layers:
-            readout = cls.linear_readout(self.model, layer)
+            readout = class_effects.linear_readout(self.model, layer)
             if readout is None:
                 continue
             h, _ = self.hash_of(CLASS_UNITS, {"layer": layer, "top": self.s.circuit_units})
@@ -483,8 +484,8 @@ class _Builder:
             weight, name = readout
             crops = {str(u): self._store_rel(store, ex[0]) for u in range(weight.shape[1])
                      if (ex := store.top(layer, u, by="max", k=1))}
-            info = ({"method": cls.WEIGHTS, "detail": name, "crops": crops}
-                    | cls.units_per_class(weight, self.s.circuit_units))
+            info = ({"method": class_effects.WEIGHTS, "detail": name, "crops": crops}
+                    | class_effects.units_per_class(weight, self.s.circuit_units))
             self.commit([Panel(self.slug, layer, -1, CLASS_UNITS, h, (), info)], CLASS_UNITS)
 
     # -- renders ------------------------------------------------------------------------------------------------------
@@ -595,7 +596,7 @@ class _Work:
 
 def attribution_effects(model, layer: str, units: list[int], pixels: list[torch.Tensor]) -> torch.Tensor:
     """A job: the logit effects of ``units`` by attribution over their example images (uint8)."""
-    return cls.logit_effects_attribution(model, layer, units, [p.float() / 255.0 for p in pixels])
+    return class_effects.logit_effects_attribution(model, layer, units, [p.float() / 255.0 for p in pixels])
 
 
 def circuit_effects(model, source: str, layer: str, units: list[int], pixels: list[torch.Tensor]) -> torch.Tensor:
