@@ -86,3 +86,12 @@ def crash_on_call(monkeypatch, module, name: str, n: int, message: str) -> None:
         return real(*args, **kwargs)
 
     monkeypatch.setattr(module, name, flaky)
+
+
+def default_ctrl_c() -> None:
+    """``preexec_fn`` for a child that a test interrupts with SIGINT: a shell that runs the test suite in the
+    background makes it ignore SIGINT, and children inherit that (Python then installs no KeyboardInterrupt
+    handler). Restoring the default makes the child see Ctrl-C as it would from a terminal."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

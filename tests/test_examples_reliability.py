@@ -17,7 +17,7 @@ from PIL import Image
 from featviz.errors import FeatvizError
 from featviz.examples import PassOptions, collect, list_images, open_store
 
-from conftest import one_error_line
+from conftest import default_ctrl_c, one_error_line
 from test_examples import LAYERS, TESTS_DIR, cli, make_photos, tiny_model
 
 
@@ -176,7 +176,7 @@ def test_ctrl_c_while_writing_crops_stops_at_once_and_the_rerun_finishes(photos,
     out = tmp_path / "s"
     script = CTRL_C_SCRIPT.format(tests=str(TESTS_DIR), photos=str(photos), out=str(out))
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+                            text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), preexec_fn=default_ctrl_c)
     first = proc.stdout.readline()
     assert first.startswith("media"), proc.stderr.read()
     proc.send_signal(signal.SIGINT)

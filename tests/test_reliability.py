@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import crash_on_call, one_error_line
+from conftest import crash_on_call, default_ctrl_c, one_error_line
 from featviz.cli import main
 from featviz.errors import FeatvizError
 from featviz import imageio
@@ -293,7 +293,7 @@ def interrupt_when(args: list, pattern: str, cwd: Path) -> tuple[int, str]:
 
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "featviz", *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=default_ctrl_c)
     seen = bytearray()
     started = threading.Event()
 
