@@ -61,6 +61,17 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     return img
 
 
+def image_batch(paths: Sequence[str | os.PathLike], size: int) -> torch.Tensor:
+    """Image files read with ``open_image``'s rules as RGB, resized to ``size`` x ``size`` (bilinear), in
+    [0, 1]: a (N, 3, size, size) batch. For files featviz wrote itself (the example store's media)."""
+    batch = []
+    for path in paths:
+        with open_image(path) as img:
+            pixels = np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32)
+        batch.append(torch.from_numpy(pixels).permute(2, 0, 1) / 255.0)
+    return torch.stack(batch)
+
+
 # 32-bit integer, float and 16-bit grey images: converting them to 8-bit RGB clips their values, so a
 # model would see a white or black frame instead of the photo. One rule for every command that reads a photo
 # (render's dream, attribute, blocks); the dataset-examples reader scales them to 8 bits before this check.

@@ -95,3 +95,18 @@ def default_ctrl_c() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def run():
+    """``run(*args)``: the featviz command line in this process (click's runner), exceptions not caught."""
+    from click.testing import CliRunner
+
+    from featviz.cli import main
+
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke

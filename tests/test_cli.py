@@ -1,19 +1,7 @@
 """The CLI as a user meets it: real subprocess-free invocations through click."""
 import pytest
-from click.testing import CliRunner
 
-from featviz.cli import main
 from featviz.imageio import read_settings
-
-
-@pytest.fixture
-def run():
-    runner = CliRunner()
-
-    def invoke(*args):
-        return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-    return invoke
 
 
 def test_layers_table(run):

@@ -14,12 +14,6 @@ from featviz.cli import main
 from featviz.errors import FeatvizError
 
 
-@pytest.fixture
-def run():
-    runner = CliRunner()
-    return lambda *args: runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
 def write(path, text):
     path.write_text(textwrap.dedent(text))
     return path

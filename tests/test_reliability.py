@@ -22,16 +22,6 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-@pytest.fixture
-def run():
-    runner = CliRunner()
-
-    def invoke(*args):
-        return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-    return invoke
-
-
 def small_image():
     return Image.new("RGB", (8, 8), (200, 30, 30))
 

@@ -134,17 +134,12 @@ def describe(method: str, layer: str, detail: str = "", n_images: int = 0) -> st
 def top_photos(model, files: Sequence, k: int, size: int, batch_size: int = 32) -> dict:
     """{"top": per class, [[photo index, logit], ...] for its ``k`` photos with the highest logit}
     over the image ``files`` (read as RGB, resized to ``size``)."""
-    import numpy as np
-    from PIL import Image
+    from ..imageio import image_batch
 
     logits = []
     for start in range(0, len(files), batch_size):
-        batch = []
-        for path in files[start:start + batch_size]:
-            with Image.open(path) as img:
-                pixels = np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32)
-            batch.append(torch.from_numpy(pixels).permute(2, 0, 1) / 255.0)
-        logits.append(model(torch.stack(batch).to(model.device)).float().cpu())
+        batch = image_batch(files[start:start + batch_size], size)
+        logits.append(model(batch.to(model.device)).float().cpu())
     if not logits:
         return {"top": [[] for _ in range(model.num_classes)]}
     table = torch.cat(logits)  # (photos, classes)

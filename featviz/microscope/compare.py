@@ -39,17 +39,13 @@ def matching_layers(model_a, layers_a: list[str], model_b, layers_b: list[str]) 
 @torch.no_grad()
 def mean_activations(model, photos: list[Path], layers: list[str]) -> dict[str, np.ndarray]:
     """layer -> (photos, channels): each channel's mean activation over positions, per photo."""
-    from PIL import Image
+    from ..imageio import image_batch
 
     side = model.input_size
     out: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
     for start in range(0, len(photos), PHOTO_BATCH):
-        batch = []
-        for path in photos[start:start + PHOTO_BATCH]:
-            with Image.open(path) as img:
-                pixels = np.asarray(img.convert("RGB").resize((side, side), Image.BILINEAR), dtype=np.float32)
-            batch.append(torch.from_numpy(pixels).permute(2, 0, 1) / 255.0)
-        acts = model.activations(torch.stack(batch).to(model.device), layers)
+        batch = image_batch(photos[start:start + PHOTO_BATCH], side)
+        acts = model.activations(batch.to(model.device), layers)
         for layer in layers:
             a = acts[layer].float()
             out[layer].append((a.mean((2, 3)) if a.dim() == 4 else a).cpu().numpy())

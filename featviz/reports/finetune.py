@@ -32,7 +32,7 @@ from ..data import Dataset
 from ..errors import FeatvizError
 from ..models import load
 from ..models.organism import ModelOrganism
-from ..training.cka import layer_grams, linear_cka_from_grams
+from ..training.cka import label_cka_axes, layer_grams, linear_cka_from_grams
 from ..training.data import Split
 from ..training.finetune import TrainSettings, prepare, train
 from ..training.network import organism_from
@@ -172,12 +172,7 @@ def _cka_figure(results: dict, path) -> None:
     x = np.arange(len(layers))
     ax.plot(x, list(results["cka"].values()), marker="o", color="#1f77b4", label="ImageNet-initialized")
     ax.plot(x, list(results["cka_scratch"].values()), marker="s", color="#d62728", label="from scratch")
-    ax.set_xticks(x)
-    ax.set_xticklabels(layers, rotation=45, ha="right", fontsize=8)
-    ax.set_xlabel("main layer (input to output)")
-    ax.set_ylabel("linear CKA to the starting network")
-    ax.set_ylim(0, 1.05)
-    ax.grid(alpha=0.3)
+    label_cka_axes(ax, layers)
     ax.legend(fontsize=8, loc="lower left")
     ax.set_title(f"How much each layer changed ({results['cka_budget']} examples per class, "
                  f"{results['settings']['steps']} steps)", fontsize=10)

@@ -42,3 +42,13 @@ def layer_grams(model, images: torch.Tensor, layers: Sequence[str], batch_size: 
         for name in layers:
             feats[name].append(acts[name].detach().float().reshape(acts[name].shape[0], -1).cpu())
     return {name: gram(torch.cat(parts)) for name, parts in feats.items()}
+
+
+def label_cka_axes(ax, layers: Sequence[str]) -> None:
+    """The axes of a CKA-by-depth plot: main layers from input to output along x, CKA in [0, 1] up."""
+    ax.set_xticks(range(len(layers)))
+    ax.set_xticklabels(layers, rotation=45, ha="right", fontsize=8)
+    ax.set_xlabel("main layer (input to output)")
+    ax.set_ylabel("linear CKA to the starting network")
+    ax.set_ylim(0, 1.05)
+    ax.grid(alpha=0.3)

@@ -22,7 +22,7 @@ import torch
 
 from ..errors import FeatvizError
 from ..imageio import atomic_write, grid, output_folder, save_gif, save_png
-from .cka import layer_grams, linear_cka_from_grams
+from .cka import label_cka_axes, layer_grams, linear_cka_from_grams
 from .finetune import checkpoints, load_checkpoint, read_run
 
 
@@ -198,12 +198,7 @@ def cka_figure(record: dict, path: Path) -> Path:
                 color=cmap(norm(point["step"])))
     mappable = cm.ScalarMappable(norm=norm, cmap=cmap)
     fig.colorbar(mappable, ax=ax, label="training step of the checkpoint")
-    ax.set_xticks(x)
-    ax.set_xticklabels(layers, rotation=45, ha="right", fontsize=8)
-    ax.set_xlabel("main layer (input to output)")
-    ax.set_ylabel("linear CKA to the starting network")
-    ax.set_ylim(0, 1.05)
-    ax.grid(alpha=0.3)
+    label_cka_axes(ax, layers)
     kind = "from scratch" if record.get("from_scratch") else "from ImageNet weights"
     ax.set_title(f"{record['base']} fine-tuned {kind}: similarity to the start on {record['probe_images']} "
                  "held-out images", fontsize=9)
