@@ -22,6 +22,7 @@ import torch
 
 from ..errors import FeatvizError
 from ..imageio import atomic_write, grid, output_folder, save_gif, save_png
+from ..names import slug
 from .cka import label_cka_axes, layer_grams, linear_cka_from_grams
 from .finetune import checkpoints, load_checkpoint, read_run
 
@@ -71,10 +72,6 @@ def probe_images(run_dir: Path) -> tuple[torch.Tensor, list[str]]:
     images = [torch.from_numpy(np.asarray(read_photo(folder / rel), dtype=np.float32) / 255.0).permute(2, 0, 1)
               for rel, _size in files]
     return torch.stack(images), [rel.split("/")[0] for rel, _size in files]
-
-
-def _slug(unit: tuple[str, int]) -> str:
-    return f"{unit[0]}_{unit[1]}".replace("/", "_")
 
 
 def evolve(run, units: Sequence[tuple[str, int]], out, settings: EvolveSettings = EvolveSettings(), *,
@@ -128,15 +125,15 @@ def evolve(run, units: Sequence[tuple[str, int]], out, settings: EvolveSettings 
               "settings": asdict(settings), "units": [], "checkpoints": cka, "layers": layers,
               "probe_images": int(images.shape[0])}
     for unit in units:
-        slug = _slug(unit)
+        unit_name = slug(f"{unit[0]}_{unit[1]}")
         meta = {"kind": "evolve", "run": str(run_dir), "unit": f"{unit[0]}:{unit[1]}", "steps_of_training": steps,
                 **asdict(settings)}
         # Captions: the training step alone (grid cuts a caption to the tile width; "step" fits no 32 px tile).
         strip = grid(frames[unit], columns=len(frames[unit]), labels=[str(s) for s in steps])
-        save_png(strip, out / f"filmstrip_{slug}.png", meta)
-        save_gif(frames[unit], out / f"evolve_{slug}.gif", settings.gif_ms, meta)
-        record["units"].append({"unit": f"{unit[0]}:{unit[1]}", "filmstrip": f"filmstrip_{slug}.png",
-                                "gif": f"evolve_{slug}.gif", "final_objective": objective_values[unit]})
+        save_png(strip, out / f"filmstrip_{unit_name}.png", meta)
+        save_gif(frames[unit], out / f"evolve_{unit_name}.gif", settings.gif_ms, meta)
+        record["units"].append({"unit": f"{unit[0]}:{unit[1]}", "filmstrip": f"filmstrip_{unit_name}.png",
+                                "gif": f"evolve_{unit_name}.gif", "final_objective": objective_values[unit]})
     _examples(run_dir, points[0]["file"], points[-1]["file"], units, out, settings, images.shape[-1], record, say)
     cka_figure(record, out / "cka_by_depth.png")
     last = cka[-1]["cka"]
@@ -171,7 +168,7 @@ def _examples(run_dir: Path, first: str, last: str, units, out: Path, settings: 
         blank = next(im for im in rows if im is not None).copy()
         blank.paste((255, 255, 255), (0, 0, blank.width, blank.height))
         sheet = grid([im if im is not None else blank for im in rows], columns=settings.k, labels=labels)
-        name = f"examples_{_slug(unit)}.png"
+        name = f"examples_{slug(f'{unit[0]}_{unit[1]}')}.png"
         save_png(sheet, out / name, {"kind": "evolve-examples", "unit": entry["unit"], "rows": ["start", "end"]})
         entry["examples"] = name
     for store in stores.values():
