@@ -102,6 +102,8 @@ def test_grouped_diversity_compares_images_within_their_group_only(tiny):
     # the whole batch as one group is plain diversity
     assert torch.allclose(O.diversity("conv2", group_size=n)(acts, n), O.diversity("conv2")(acts, n), atol=1e-6)
     assert O.diversity(["conv2", "conv3"], group_size=2).rowwise
+    with pytest.raises(FeatvizError, match="2 groups of 2 images, but the batch has 6"):
+        O.diversity(["conv2", "conv3"], group_size=2)(tiny.activations(torch.rand(6, 3, 32, 32), ["conv2", "conv3"]), 6)
     with pytest.raises(FeatvizError, match="at least 2 images"):
         O.diversity("conv2", group_size=1)
     with pytest.raises(FeatvizError, match="batch has 3 images"):

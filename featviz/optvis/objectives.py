@@ -298,10 +298,19 @@ def _diversity_per_group(group_layers: list[str], group_size: int | None) -> Obj
     one term per distinct layer, each counted for the images of the groups that use it."""
     if group_size is None or not group_layers:
         raise FeatvizError("diversity with one layer per group needs a group_size and at least one layer")
-    images = range(len(group_layers) * group_size)
-    return Objective.sum([diversity(layer, group_size).only([i for i in images
-                                                             if group_layers[i // group_size] == layer])
-                          for layer in dict.fromkeys(group_layers)])
+    n_images = len(group_layers) * group_size
+    layers = list(dict.fromkeys(group_layers))
+    combined = Objective.sum([diversity(layer, group_size).only([i for i in range(n_images)
+                                                                 if group_layers[i // group_size] == layer])
+                              for layer in layers])
+
+    def fn(acts, n):
+        if n != n_images:
+            raise FeatvizError(f"diversity of {len(group_layers)} groups of {group_size} images, but the batch has "
+                               f"{n} images")
+        return combined(acts, n)
+    return Objective(fn, combined.layers, f"diversity in {len(group_layers)} groups of {group_size} on "
+                     f"{', '.join(layers)}", combined.units, combined.rowwise)
 
 
 def with_relative_term(main: Objective, term: Objective, weight: float) -> Objective:
