@@ -179,8 +179,10 @@ def _examples(run_dir: Path, first: str, last: str, units, out: Path, settings: 
     say(f"top {settings.k} held-out examples at the start and the end: examples_*.png")
 
 
-def cka_figure(record: dict, path: Path) -> Path:
-    """CKA to the starting network by depth, one line per checkpoint, coloured by training step."""
+def cka_figure(record: dict, path: Path, title: str | None = None) -> Path:
+    """CKA to the starting network by depth, one line per checkpoint, coloured by training step
+    (``record``: ``layers``, ``checkpoints`` with ``step`` and ``cka`` per layer, ``probe_images``,
+    and for the default title ``base`` and ``from_scratch``)."""
     from ..figures import new_figure, save_figure
 
     layers = record["layers"]
@@ -196,11 +198,13 @@ def cka_figure(record: dict, path: Path) -> Path:
     for point in points:
         ax.plot(x, [point["cka"][name] for name in layers], marker="o", ms=3, lw=1.4,
                 color=cmap(norm(point["step"])))
-    mappable = cm.ScalarMappable(norm=norm, cmap=cmap)
-    fig.colorbar(mappable, ax=ax, label="training step of the checkpoint")
+    if len(points) > 1:  # one network alone has no training time to colour by
+        fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="training step of the checkpoint")
     label_cka_axes(ax, layers)
-    kind = "from scratch" if record.get("from_scratch") else "from ImageNet weights"
-    ax.set_title(f"{record['base']} fine-tuned {kind}: similarity to the start on {record['probe_images']} "
-                 "held-out images", fontsize=9)
+    if title is None:
+        kind = "from scratch" if record.get("from_scratch") else "from ImageNet weights"
+        title = (f"{record['base']} fine-tuned {kind}: similarity to the start on {record['probe_images']} "
+                 "held-out images")
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
