@@ -134,6 +134,10 @@ def _serve(site, model, host, names, port, workers, max_queue, per_client, max_s
         raise FeatvizError(f"{site} is not a microscope site; make one with 'featviz microscope build'")
     limits = Limits(workers=workers, max_queue=max_queue, per_client=per_client, max_steps=max_steps,
                     max_size=max_size, job_timeout=job_timeout)  # checked here, before anything starts
+    from ..microscope.manifest import missing_specs
+
+    for line in missing_specs(site) if model is None else []:
+        click.echo(f"warning: {line}", err=True)
     if not is_loopback(host):
         click.echo(f"warning: binding to {host} lets other machines use this renderer", err=True)
     click.echo(f"serving {site} at http://{host if ':' not in host else '[' + host + ']'}:{port}/  (Ctrl-C stops)",
