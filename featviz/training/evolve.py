@@ -137,16 +137,53 @@ def evolve(run, units: Sequence[tuple[str, int]], out, settings: EvolveSettings 
         save_gif(frames[unit], out / f"evolve_{slug}.gif", settings.gif_ms, meta)
         record["units"].append({"unit": f"{unit[0]}:{unit[1]}", "filmstrip": f"filmstrip_{slug}.png",
                                 "gif": f"evolve_{slug}.gif", "final_objective": objective_values[unit]})
+    _cross_activations(run_dir, points[0]["file"], points[-1]["file"], frames, record)
     _examples(run_dir, points[0]["file"], points[-1]["file"], units, out, settings, images.shape[-1], record, say)
     cka_figure(record, out / "cka_by_depth.png")
     last = cka[-1]["cka"]
     record["summary"] = [f"CKA to the start after {steps[-1]} steps: {layers[0]} {last[layers[0]]:.3f}, "
                          f"{layers[-1]} {last[layers[-1]]:.3f} (lowest: "
                          f"{min(last, key=last.get)} {min(last.values()):.3f})"]
-    record["summary"] += [f"{u['unit']}: {u['filmstrip']}, {u['gif']}, {u['examples']}" for u in record["units"]]
+    record["summary"] += [f"{u['unit']}: {u['filmstrip']}, {u['gif']}, {u['examples']}; {u['cross']['reading']}"
+                          for u in record["units"]]
     text = json.dumps(record, indent=2) + "\n"
     atomic_write(out / "evolve.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return record
+
+
+@torch.no_grad()
+def _cross_activations(run_dir: Path, first: str, last: str, frames: dict, record: dict) -> None:
+    """Each unit's mean activation in the start and the end network on the first and the last frame.
+
+    With the same seed, a small change of the weights can still send the optimization elsewhere, so two
+    frames that look different may show the same feature. The cross figures tell: if the start network
+    likes the end frame about as much as its own, the feature is unchanged and the difference is the
+    optimizer's; if it likes it much less, the feature changed. A unit the end network cannot raise
+    (about 0 on its own frame) is off, and its frames show nothing."""
+    networks = {"start": load_checkpoint(run_dir, first), "end": load_checkpoint(run_dir, last)}
+    for (layer, unit), entry in zip(frames, record["units"]):
+        pictures = [frames[(layer, unit)][0], frames[(layer, unit)][-1]]
+        x = torch.stack([torch.from_numpy(np.asarray(p.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+                         for p in pictures])
+        values = {}
+        for name, organism in networks.items():
+            act = organism.activations(x.to(organism.device), [layer])[layer][:, unit].float()
+            values[name] = [round(float(a.mean()), 4) for a in act]
+        cross = {"start_on_start": values["start"][0], "start_on_end": values["start"][1],
+                 "end_on_start": values["end"][0], "end_on_end": values["end"][1]}
+        own_start, own_end = cross["start_on_start"], cross["end_on_end"]
+        if own_end <= 1e-3:
+            reading = "off in the final network (it cannot be raised): its last frames show nothing"
+        elif own_start <= 1e-3:
+            reading = "off in the starting network: its first frames show nothing"
+        else:
+            kept = cross["start_on_end"] / own_start
+            back = cross["end_on_start"] / own_end
+            verdict = ("the feature changed" if min(kept, back) < 0.8 else
+                       "about the same feature (differences between frames are mostly the optimizer's)")
+            reading = (f"the start network rates the end frame at {kept:.0%} of its own, the end network the "
+                       f"start frame at {back:.0%} of its own: {verdict}")
+        entry["cross"] = cross | {"reading": reading}
 
 
 def _examples(run_dir: Path, first: str, last: str, units, out: Path, settings: EvolveSettings, size: int,
