@@ -95,7 +95,7 @@ def evolve(run, units: Sequence[tuple[str, int]], out, settings: EvolveSettings 
     out = output_folder(out)  # one line when it cannot be made (a file in the way, no permission)
     images, _classes = probe_images(run_dir)
     frames: dict[tuple[str, int], list] = {u: [] for u in units}
-    objective_values: dict[tuple[str, int], list[float]] = {u: [] for u in units}
+    own_values: dict[tuple[str, int], list[float]] = {u: [] for u in units}
     cka: list[dict] = []
     start_grams = None
     layers: list[str] = []
@@ -114,7 +114,12 @@ def evolve(run, units: Sequence[tuple[str, int]], out, settings: EvolveSettings 
                                         steps=settings.steps, recipe=settings.recipe, seed=settings.seed))
         for unit, res in zip(units, results):
             frames[unit].append(res.pil())
-            objective_values[unit].append(float(res.settings.get("final_objective", float("nan"))))
+        # each unit's own figure (the render's objective is the batch's total): its mean activation on its frame
+        pictures = torch.stack([_pixels(frames[unit][-1]) for unit in units]).to(organism.device)
+        with torch.no_grad():
+            acts = organism.activations(pictures, sorted({layer for layer, _ in units}))
+        for i, (layer, unit) in enumerate(units):
+            own_values[(layer, unit)].append(round(float(acts[layer][i, unit].float().mean()), 4))
         grams = layer_grams(organism, images, layers)
         if start_grams is None:
             start_grams = grams
@@ -136,7 +141,7 @@ def evolve(run, units: Sequence[tuple[str, int]], out, settings: EvolveSettings 
         save_png(strip, out / f"filmstrip_{slug}.png", meta)
         save_gif(frames[unit], out / f"evolve_{slug}.gif", settings.gif_ms, meta)
         record["units"].append({"unit": f"{unit[0]}:{unit[1]}", "filmstrip": f"filmstrip_{slug}.png",
-                                "gif": f"evolve_{slug}.gif", "final_objective": objective_values[unit]})
+                                "gif": f"evolve_{slug}.gif", "activation": own_values[unit]})
     _cross_activations(run_dir, points[0]["file"], points[-1]["file"], frames, record)
     _examples(run_dir, points[0]["file"], points[-1]["file"], units, out, settings, images.shape[-1], record, say)
     cka_figure(record, out / "cka_by_depth.png")
@@ -151,6 +156,11 @@ def evolve(run, units: Sequence[tuple[str, int]], out, settings: EvolveSettings 
     return record
 
 
+def _pixels(picture) -> torch.Tensor:
+    """A frame as the network sees it once saved: (3, H, W) in [0, 1] from its 8-bit pixels."""
+    return torch.from_numpy(np.asarray(picture.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
 @torch.no_grad()
 def _cross_activations(run_dir: Path, first: str, last: str, frames: dict, record: dict) -> None:
     """Each unit's mean activation in the start and the end network on the first and the last frame.
@@ -162,9 +172,7 @@ def _cross_activations(run_dir: Path, first: str, last: str, frames: dict, recor
     (about 0 on its own frame) is off, and its frames show nothing."""
     networks = {"start": load_checkpoint(run_dir, first), "end": load_checkpoint(run_dir, last)}
     for (layer, unit), entry in zip(frames, record["units"]):
-        pictures = [frames[(layer, unit)][0], frames[(layer, unit)][-1]]
-        x = torch.stack([torch.from_numpy(np.asarray(p.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
-                         for p in pictures])
+        x = torch.stack([_pixels(frames[(layer, unit)][0]), _pixels(frames[(layer, unit)][-1])])
         values = {}
         for name, organism in networks.items():
             act = organism.activations(x.to(organism.device), [layer])[layer][:, unit].float()
@@ -172,7 +180,12 @@ def _cross_activations(run_dir: Path, first: str, last: str, frames: dict, recor
         cross = {"start_on_start": values["start"][0], "start_on_end": values["start"][1],
                  "end_on_start": values["end"][0], "end_on_end": values["end"][1]}
         own_start, own_end = cross["start_on_start"], cross["end_on_end"]
-        if own_end <= 1e-3:
+        own = entry["activation"]
+        if len(own) > 1 and own_end > 1e-3 and max(own) - min(own) <= 1e-3 * max(1.0, abs(max(own))):
+            reading = (f"reaches the same activation {own_end:.3g} in every checkpoint: a ceiling (such as ReLU6), "
+                       "where every image that saturates it is as good, so the frames cannot show a change; "
+                       "render the layer before its activation (e.g. head.conv instead of head)")
+        elif own_end <= 1e-3:
             reading = "off in the final network (it cannot be raised): its last frames show nothing"
         elif own_start <= 1e-3:
             reading = "off in the starting network: its first frames show nothing"
