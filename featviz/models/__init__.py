@@ -117,16 +117,16 @@ def load_reference(ref: dict, device: str | torch.device | None = None, where: s
     spec = ref.get("spec")
     if spec and not Path(spec).is_file():
         raise FeatvizError(f"{where} was built from the model spec {spec}, which is no longer there (moved or "
-                           "deleted?); give the model again (e.g. --model path/to/model.toml)")
+                           "deleted?); give the spec by its new path instead")
     if not spec and ref["name"] not in registered() and not ref["name"].startswith(("torchvision:", "timm:")):
         raise FeatvizError(f"{where} was built from {ref['name']!r}, which is no model name featviz knows and "
-                           "no spec was recorded; give the model again (e.g. --model path/to/model.toml)")
+                           "no spec was recorded; give the model itself (a name or a spec path)")
     organism = load(spec or ref["name"], device=device)
     recorded = ref.get("weights")
     if recorded and organism.weights_digest() != recorded:
         raise FeatvizError(f"{where} was built from {spec or ref['name']} with other weights (digest {recorded[:12]}, "
-                           f"now {organism.weights_digest()[:12]}): its weights changed since; rebuild, or give the "
-                           "original model (e.g. --model path/to/model.toml)")
+                           f"now {organism.weights_digest()[:12]}): its weights changed since; rebuild, or give a spec "
+                           "of the original weights")
     return organism
 
 
