@@ -192,7 +192,9 @@ def _cross_activations(run_dir: Path, first: str, last: str, frames: dict, recor
         else:
             kept = cross["start_on_end"] / own_start
             back = cross["end_on_start"] / own_end
-            verdict = ("the feature changed" if min(kept, back) < 0.8 else
+            verdict = ("the renders are not converged (a network rates the other's frame above its own): "
+                       "give more --steps" if max(kept, back) > 1.05 else
+                       "the feature changed" if min(kept, back) < 0.8 else
                        "about the same feature (differences between frames are mostly the optimizer's)")
             reading = (f"the start network rates the end frame at {kept:.0%} of its own, the end network the "
                        f"start frame at {back:.0%} of its own: {verdict}")
