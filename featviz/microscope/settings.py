@@ -37,6 +37,7 @@ CLASS_VIS = "class"    # model panel, one per class
 CLASS_PHOTOS = "class_photos"  # model panel: each class's top photos by its logit
 CLASS_UNITS = "class_units"    # model panel per layer: the units that push each class most
 COMPARE = "compare:"           # model panel prefix: compare:<other model's slug>
+BASELINE_CKA = "baseline_cka"  # model panel: CKA by depth to the starting network (``baseline.py``)
 
 # Folder and file names the site uses for itself (never a model or layer folder).
 STATIC_DIR = "static"
