@@ -11,13 +11,8 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = os.environ.get("FEATVIZ_CHROMIUM", "/usr/bin/chromium")
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"no Chromium at {CHROMIUM} (run .ci/install-browser, or set FEATVIZ_CHROMIUM)",
-                allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (run .ci/install-browser)")
-
-from test_microscope_browser import ARGS, Watch  # noqa: E402
+# Skips this module, with the reason, where Chromium or Playwright is missing (as it skips its own).
+from test_microscope_browser import ARGS, CHROMIUM, Watch, sync_api
 
 pytestmark = pytest.mark.slow
 
