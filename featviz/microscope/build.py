@@ -56,6 +56,7 @@ class BuildReport:
     made: Counter = field(default_factory=Counter)          # panel kind -> panels made now
     skipped: Counter = field(default_factory=Counter)       # panel kind -> already up to date
     seconds: Counter = field(default_factory=Counter)       # phase -> seconds
+    layer_seconds: Counter = field(default_factory=Counter)  # (layer or "", panel kind) -> engine seconds
     batches: int = 0                                        # jobs run: render batches, attribution batches
     elapsed: float = 0.0
     render_wall: float = 0.0                                # seconds of the engine phase (attribution, renders)
@@ -194,7 +195,12 @@ class _Builder:
         self.man.put(panels)
         self.report.made[kind] += len(panels)
         if pages is not None:
-            write_pages(self.site, self.man, self.slug, layers=[pages[0]], units=pages[1])
+            self.pages(layers=[pages[0]], units=pages[1])
+
+    def pages(self, **which) -> None:
+        t = time.perf_counter()
+        write_pages(self.site, self.man, self.slug, **which)
+        self.report.seconds["pages"] += time.perf_counter() - t
 
     # -- the build --------------------------------------------------------------------------------------
     def run(self) -> BuildReport:
@@ -216,7 +222,7 @@ class _Builder:
                 work += self.classes_panels(store, layer, units)
                 work += self.circuits_panels(store, layer, units)
                 work += self.caricature_jobs(store, layer, units)
-                write_pages(self.site, self.man, self.slug, layers=[layer])
+                self.pages(layers=[layer])
             self.class_panels(store)
         finally:
             store.close()
@@ -230,10 +236,11 @@ class _Builder:
         t = time.perf_counter()
         for done in self.engine.run(model, [w.job for w in work]):
             w = work[done.index]
+            self.report.layer_seconds[(w.layer or "", w.kind)] += done.seconds
             w.finish(done.result, done.seconds)
             left[w.layer] -= 1
             if w.layer is not None and not left[w.layer]:
-                write_pages(self.site, self.man, self.slug, layers=[w.layer])
+                self.pages(layers=[w.layer])
         self.report.render_wall = time.perf_counter() - t
         if self.baseline is not None:
             from .baseline import cka_panel
@@ -242,7 +249,7 @@ class _Builder:
             if cka_panel(self.site, self.man, model, self.baseline, self.say):
                 self.report.made[BASELINE_CKA] += 1
             self.report.seconds[BASELINE_CKA] += time.perf_counter() - t
-        write_pages(self.site, self.man, self.slug)
+        self.pages()
         self.report.elapsed = time.perf_counter() - t0
         return self.report
 
@@ -340,7 +347,7 @@ class _Builder:
                 images = [self._example_pixels(store, layer, u) for u in part]
                 meta = {"method": class_effects.ATTRIBUTION, "n_images": ATTRIBUTION_IMAGES}
                 work.append(_Work(Job(attribution_effects, (layer, part, images)),
-                                  partial(self._finish_classes_panels, layer, part, h, meta, True), layer))
+                                  partial(self._finish_classes_panels, layer, part, h, meta, True), layer, CLASSES))
         return work
 
     def _finish_classes_panels(self, layer, part, h, meta, was_job: bool, effects, seconds) -> None:
@@ -396,7 +403,7 @@ class _Builder:
                 images = [self._example_pixels(store, layer, u) for u in part]
                 meta = {"method": circuits.ATTRIBUTION, "source": source, "n_images": ATTRIBUTION_IMAGES}
                 work.append(_Work(Job(circuit_effects, (source, layer, part, images)),
-                                  partial(self._finish_circuits, layer, part, h, meta, crops, True), layer))
+                                  partial(self._finish_circuits, layer, part, h, meta, crops, True), layer, CIRCUITS))
         return work
 
     def _finish_circuits(self, layer, part, h, meta, crops, was_job: bool, effects, seconds) -> None:
@@ -460,7 +467,8 @@ class _Builder:
             # photos of a batch share the size of the examples pass (or are the one given photo)
             job = Job(caricature.render_caricatures, (layer, torch.cat([r[1] for r in rows]), self.s, seed))
             label = f"{layer}: caricatures of {'the given photo' if photo else 'units ' + _span([r[0] for r in rows])}"
-            work.append(_Work(job, partial(self._finish_caricatures, layer, rows, seed, settings, h, label), layer))
+            work.append(_Work(job, partial(self._finish_caricatures, layer, rows, seed, settings, h, label), layer,
+                              CARICATURE))
         return work
 
     def _finish_caricatures(self, layer, rows, seed, settings, h, label, results, seconds) -> None:
@@ -541,7 +549,7 @@ class _Builder:
                    else Job(visuals.render_kind, (kind, pairs, self.s, seed)))
             label = f"{layer}: {kind} of units {_span(todo)} (batch {bi + 1}/{len(planned)})"
             work.append(_Work(job, partial(self._finish_units, kind, layer, batch, todo, seed, settings, h, label),
-                              layer))
+                              layer, kind))
         return work
 
     def _finish_units(self, kind, layer, batch, todo, seed, settings, h, label, results, seconds) -> None:
@@ -583,7 +591,7 @@ class _Builder:
             return []
         seed = self.seed_for(DREAM, layer)
         return [_Work(Job(visuals.render_dream, (layer, self.s, seed)),
-                      partial(self._finish_dream, layer, seed, settings, h), layer)]
+                      partial(self._finish_dream, layer, seed, settings, h), layer, DREAM)]
 
     def _finish_dream(self, layer, seed, settings, h, image, seconds) -> None:
         rel = self.save(image, self.rel(layer_dir(layer), "dream.png"),
@@ -602,7 +610,7 @@ class _Builder:
         for batch in chunks(todo, self.s.batch_size):
             seed = self.seed_for(CLASS_VIS, batch[0])
             work.append(_Work(Job(visuals.render_classes, (batch, self.s, seed)),
-                              partial(self._finish_classes, batch, seed, settings, h), None))
+                              partial(self._finish_classes, batch, seed, settings, h), None, CLASS_VIS))
         return work
 
     def _finish_classes(self, batch, seed, settings, h, images, seconds) -> None:
@@ -624,6 +632,7 @@ class _Work:
     job: Job
     finish: Callable[[object, float], None]
     layer: str | None  # whose pages to rewrite when all its work is done (None: the model page)
+    kind: str = ""     # the panel it makes (for the per-layer timing of the build report)
 
 
 def attribution_effects(model, layer: str, units: list[int], pixels: list[torch.Tensor]) -> torch.Tensor:
