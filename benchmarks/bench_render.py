@@ -289,7 +289,8 @@ def section_channels(model, recipes, batch, out_dir, reference_steps=None, units
         images = torch.cat([r.images for r in results])
         rows.append((name, used, unit_ratios(model, images, units, best), steps))
         sheet = featviz.imageio.grid([r.pil() for r in results], columns=4, labels=[f"{l}:{c}" for l, c in units])
-        featviz.imageio.save_png(sheet, out_dir / f"channels_{set_name if set_name in ('benchmark', 'held-out') else 'custom'}_{name}.png",
+        tag = set_name if set_name in ("benchmark", "held-out") else "custom"
+        featviz.imageio.save_png(sheet, out_dir / f"channels_{tag}_{name}.png",
                                  {"recipe": used, "size": 128, "seed": 0, "units": [f"{l}:{c}" for l, c in units]})
     lucent = lucent_images(units)
     lucent_robust = None

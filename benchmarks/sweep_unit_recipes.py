@@ -32,7 +32,10 @@ sys.path.insert(0, str(ROOT))
 import bench_render as B  # noqa: E402
 import featviz  # noqa: E402
 from featviz.optvis.render import RECIPES  # noqa: E402
-from featviz.optvis.transforms import _uniform  # noqa: E402
+
+
+def uniform(n: int, lo: float, hi: float, generator, device) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=generator, device=device)
 
 
 class ZoomViews(torch.nn.Module):
@@ -49,9 +52,9 @@ class ZoomViews(torch.nn.Module):
         lo, hi = self.zoom
         count = rows if self.perrow else self.views
         if self.logzoom:
-            m = torch.exp(_uniform(count, math.log(lo), math.log(hi), generator, dev))
+            m = torch.exp(uniform(count, math.log(lo), math.log(hi), generator, dev))
         else:
-            m = _uniform(count, lo, hi, generator, dev)
+            m = uniform(count, lo, hi, generator, dev)
         if not self.perrow:
             m = m.repeat_interleave(n)
         if self.view:
@@ -61,8 +64,9 @@ class ZoomViews(torch.nn.Module):
             out = max(8, round(self.size * float(m[0])))
         region = out / (self.size * m)
         room = (1 - region).clamp(min=0)
-        tx = _uniform(rows, -1, 1, generator, dev) * room + _uniform(rows, -1, 1, generator, dev) * 2 * self.shift / 128
-        ty = _uniform(rows, -1, 1, generator, dev) * room + _uniform(rows, -1, 1, generator, dev) * 2 * self.shift / 128
+        jitter = 2 * self.shift / 128  # sub-pixel shift, as a fraction of affine_grid's [-1, 1] side
+        tx = uniform(rows, -1, 1, generator, dev) * room + uniform(rows, -jitter, jitter, generator, dev)
+        ty = uniform(rows, -1, 1, generator, dev) * room + uniform(rows, -jitter, jitter, generator, dev)
         zero = torch.zeros_like(region)
         theta = torch.stack([torch.stack([region, zero, tx], 1), torch.stack([zero, region, ty], 1)], 1)
         src = x.repeat(self.views, 1, 1, 1) if self.views > 1 else x
