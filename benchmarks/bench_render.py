@@ -10,7 +10,9 @@ Sections:
   batch       per-unit time at batch 16 / batch 1
   memory      peak RSS of a 128 px batch-1 channel render (fresh subprocess)
   channels    12 channels over blocks.2/8/14 at 128 px: activation / best over the photos, view-robust
-              (8 views: 4 scales x 2 shifts) and as rendered, beside Lucent's images of the same units
+              (8 views: 4 scales x 2 shifts) and as rendered, beside Lucent's images of the same units;
+              --units held-out: 12 other channels of blocks.2/5/8/11/14 and head (no Lucent images);
+              --units "benchmark;held-out": both sets, one after the other
   classes     10 classes at 224 px, logit and probability objectives, judged by lite1, lite2
               and the independent MobileNetV2 (TFLite) in ../shared/judges
   throughput  (only when asked: --only throughput [--device cuda]) units per second of complete
@@ -159,10 +161,12 @@ def best_photo_activations(model, layers) -> dict[str, np.ndarray]:
     """Per channel, the highest spatial-mean activation over the 1000 photos (cached)."""
     CACHE.mkdir(exist_ok=True)
     path = CACHE / f"photo_max_{model.name}.npz"
+    wanted = list(layers)
     if path.exists():
         data = np.load(path)
         if all(l in data for l in layers):
             return {l: data[l] for l in layers}
+        layers = list(dict.fromkeys(wanted + list(data.files)))  # keep what the cache held
     best = {l: None for l in layers}
     files = photo_files()
     with torch.no_grad():
@@ -173,7 +177,7 @@ def best_photo_activations(model, layers) -> dict[str, np.ndarray]:
                 m = acts[l].mean((2, 3)).max(0).values.cpu().numpy()
                 best[l] = m if best[l] is None else np.maximum(best[l], m)
     np.savez(path, **best)
-    return best
+    return {l: best[l] for l in wanted}
 
 
 def benchmark_units(model) -> list[tuple[str, int]]:
@@ -182,6 +186,30 @@ def benchmark_units(model) -> list[tuple[str, int]]:
     for layer in CHANNEL_LAYERS:
         n = model.layer(layer).channels
         units += [(layer, c) for c in (0, n // 4, n // 2, 3 * n // 4)]
+    return units
+
+
+def held_out_units(model) -> list[tuple[str, int]]:
+    """A second set of 12 channels, disjoint from the benchmark's, for checking that a recipe chosen on those
+    generalises: channels n/8 and 5n/8 + 1 of blocks.2/5/8/11/14 and head (a fixed rule, chosen before tuning)."""
+    units = []
+    for layer in ["blocks.2", "blocks.5", "blocks.8", "blocks.11", "blocks.14", "head"]:
+        n = model.layer(layer).channels
+        units += [(layer, n // 8), (layer, 5 * n // 8 + 1)]
+    return units
+
+
+def unit_list(model, spec: str) -> list[tuple[str, int]]:
+    """``benchmark`` | ``held-out`` | ``LAYER:CH,LAYER:CH,...``."""
+    if spec == "benchmark":
+        return benchmark_units(model)
+    if spec == "held-out":
+        return held_out_units(model)
+    units = []
+    for item in spec.split(","):
+        layer, _, channel = item.rpartition(":")
+        model.check_channel(layer, int(channel))
+        units.append((layer, int(channel)))
     return units
 
 
@@ -194,6 +222,21 @@ def lucent_images(units) -> torch.Tensor | None:
         return None
     arrays = [np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255 for p in paths]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+class PixelCounter(torch.nn.Module):
+    """A recipe's transforms, counting the work they hand the network: rows x pixels of every view batch
+    (a load-free measure of cost; time per step is close to proportional to it at these sizes)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.pixels = inner, 0
+        self.views = getattr(inner, "views", 1)
+
+    def forward(self, x, generator):
+        out = self.inner(x, generator)
+        self.pixels += out.shape[0] * out.shape[-2] * out.shape[-1]
+        return out
 
 
 def unit_ratios(model, images, units, best) -> dict[str, list[float]]:
@@ -214,34 +257,40 @@ def unit_ratios(model, images, units, best) -> dict[str, list[float]]:
             "@224": measure(scales=(224 / size,), shifts=((0, 0),))}
 
 
-def section_channels(model, recipes, batch, out_dir, reference_steps=None):
+def section_channels(model, recipes, batch, out_dir, reference_steps=None, units="benchmark"):
+    from featviz.optvis.axes import build_transforms
     from featviz.optvis.render import auto_recipe
 
-    best = best_photo_activations(model, CHANNEL_LAYERS)
-    units = benchmark_units(model)
-    print(f"\n## Channel quality: {len(units)} channels of {', '.join(CHANNEL_LAYERS)} at 128 px (rendered "
+    set_name, units = units, unit_list(model, units)
+    layers = list(dict.fromkeys(layer for layer, _ in units))
+    best = best_photo_activations(model, layers)
+    print(f"\n## Channel quality ({set_name} units): {len(units)} channels of {', '.join(layers)} at 128 px (rendered "
           f"{batch} at a time); activation of the saved 8-bit image / the channel's best over 1000 photos")
     print("  robust = mean over 8 views (scales 0.75, 1, 1.25, 1.75 of the rendered size, bilinear, each as is "
           "and shifted (4, 4) px); native = as rendered; also shifted 4 px and upsampled to 224 px.")
     print("  Targets: median robust >= 1.3x Lucent's, <= 2.5 s per unit (sharp: 4.9 s on a quiet machine); "
           "'x sharp' = time per unit / the sharp recipe's in this run (the machine's load cancels)")
     names = list(dict.fromkeys(recipes + ["sharp"]))  # sharp is always timed: the reference for s/unit
-    rows, seconds = [], {}
+    rows, seconds, work = [], {}, {}
     for name in names:
         used = auto_recipe(O.channel(*units[0])) if name == "auto" else name
         # --reference-steps N: sharp runs N steps and its time is scaled to its full count (time per step is
         # constant), to save time on a busy machine; its quality figures are then those of N steps.
         steps = reference_steps if name == "sharp" and reference_steps else RECIPES[used].steps
+        counter = PixelCounter(build_transforms(RECIPES[used].transforms, 128, model.device)[0])
         t = time.perf_counter()
-        results = featviz.render_units(model, units, batch_size=batch, recipe=used, size=128, seed=0, steps=steps)
+        results = featviz.render_units(model, units, batch_size=batch, recipe=used, size=128, seed=0, steps=steps,
+                                       transforms=counter)
         seconds[name] = (time.perf_counter() - t) / len(units) * RECIPES[used].steps / steps
+        work[name] = counter.pixels / len(units) * RECIPES[used].steps / steps
         if steps != RECIPES[used].steps:
             print(f"  (sharp ran {steps} steps: its quality below is at {steps} steps, its time scaled to "
                   f"{RECIPES[used].steps})")
         images = torch.cat([r.images for r in results])
         rows.append((name, used, unit_ratios(model, images, units, best), steps))
         sheet = featviz.imageio.grid([r.pil() for r in results], columns=4, labels=[f"{l}:{c}" for l, c in units])
-        featviz.imageio.save_png(sheet, out_dir / f"channels_{name}.png",
+        tag = set_name if set_name in ("benchmark", "held-out") else "custom"
+        featviz.imageio.save_png(sheet, out_dir / f"channels_{tag}_{name}.png",
                                  {"recipe": used, "size": 128, "seed": 0, "units": [f"{l}:{c}" for l, c in units]})
     lucent = lucent_images(units)
     lucent_robust = None
@@ -249,12 +298,14 @@ def section_channels(model, recipes, batch, out_dir, reference_steps=None):
         ratios = unit_ratios(model, lucent, units, best)
         lucent_robust = statistics.median(ratios["robust"])
         rows.append(("Lucent", None, ratios, 512))
-    print(f"  {'recipe':14s} {'steps':>5s}  robust median (min)  x Lucent   native  shifted  @224   s/unit  x sharp")
+    print("  'work' = rows x pixels the network was fed per unit (all steps) / sharp's at its full step count")
+    print(f"  {'recipe':14s} {'steps':>5s}  robust median (min)  x Lucent   native  shifted  @224   s/unit  x sharp"
+          "   work")
     for name, used, r, steps in rows:
         med = statistics.median(r["robust"])
         vs_lucent = f"{med / lucent_robust:7.2f}x" if lucent_robust else "       -"
-        timing = f"{seconds[name]:7.2f}  {seconds[name] / seconds['sharp']:6.2f}" if name in seconds else \
-            "   (made by Lucent 0.1.8)"
+        timing = f"{seconds[name]:7.2f}  {seconds[name] / seconds['sharp']:6.2f}  {work[name] / work['sharp']:6.2f}" \
+            if name in seconds else "   (made by Lucent 0.1.8)"
         label = f"{name} (={used})" if used and used != name else name
         print(f"  {label:14s} {steps:5d}  {med:6.2f} ({min(r['robust']):5.2f})     {vs_lucent}  "
               f"{statistics.median(r['native']):6.2f}  {statistics.median(r['shifted']):6.2f}  "
@@ -364,6 +415,9 @@ def main():
     parser.add_argument("--only", default="overhead,truncation,batch,memory,channels,classes")
     parser.add_argument("--recipes", default="auto", help="auto = default (multi-crop) for classes, robust for units")
     parser.add_argument("--channel-batch", type=int, default=12)
+    parser.add_argument("--units", default="benchmark",
+                        help="channels: benchmark (Lucent's 12) | held-out (12 others, blocks.2-14 and head) | "
+                             "LAYER:CH,... ")
     parser.add_argument("--repeats", type=int, default=5, help="back-to-back pairs per timing ratio")
     parser.add_argument("--kinds", default="logit,prob")
     parser.add_argument("--reference-steps", type=int, default=None,
@@ -391,7 +445,8 @@ def main():
     if "memory" in sections:
         section_memory(model)
     if "channels" in sections:
-        section_channels(model, recipes, args.channel_batch, out_dir, args.reference_steps)
+        for unit_set in args.units.split(";"):
+            section_channels(model, recipes, args.channel_batch, out_dir, args.reference_steps, unit_set)
     if "classes" in sections:
         section_classes(model, recipes, out_dir, args.kinds.split(","), not args.no_held_out)
     if "throughput" in sections:  # not in the default list: batch 64 at 224 px takes minutes on a CPU

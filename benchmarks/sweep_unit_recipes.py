@@ -1,0 +1,159 @@
+"""Search the unit-recipe space for view robustness (issue 16). Prints one row per variant.
+
+    python benchmarks/sweep_unit_recipes.py "robust" "robust:steps=224" "z:zoom=0.8-2.0,view=0.75,steps=300"
+    python benchmarks/sweep_unit_recipes.py --units held-out "robust"
+
+A variant is ``NAME[:key=value,...]``: NAME is a recipe in RECIPES (or any label, starting from ``robust``),
+and the keys override it:
+  steps, lr, decay (Fourier), param (fourier|maco), opt (adam|nadam), sched (cosine|constant),
+  zoom=LO-HI (magnification range), view=F (view side as a fraction of the canvas), views=K (views per image
+  and step), shift=PX (sub-pixel shift at 128 px), perrow=0|1 (one magnification per image rather than per step),
+  logzoom=0|1 (magnification drawn log-uniformly); view=0: the whole image magnified (one magnification per step).
+Each variant renders the units in one batch at 128 px (seed 0) and prints the view-robust ratio
+(featviz.optvis.quality, 8 views) and the native one, each ÷ the unit's best over the 1000 photos; ``work`` =
+sum over steps of rows x pixels fed to the network ÷ sharp's at 512 steps, and ``x sharp`` = seconds ÷ sharp's
+(run ``--reference-steps`` steps, scaled to 512) measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+import bench_render as B  # noqa: E402
+import featviz  # noqa: E402
+from featviz.optvis.render import RECIPES  # noqa: E402
+
+
+def uniform(n: int, lo: float, hi: float, generator, device) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=generator, device=device)
+
+
+class ZoomViews(torch.nn.Module):
+    """``views`` windows per image of ``view`` of the canvas side, each at its own magnification."""
+
+    def __init__(self, zoom, view, views, shift, perrow, logzoom, size):
+        super().__init__()
+        self.zoom, self.view, self.views, self.shift = zoom, view, views, shift
+        self.perrow, self.logzoom, self.size = perrow, logzoom, size
+
+    def forward(self, x, generator):
+        n, c, h, w = x.shape
+        rows, dev = n * self.views, x.device
+        lo, hi = self.zoom
+        count = rows if self.perrow else self.views
+        if self.logzoom:
+            m = torch.exp(uniform(count, math.log(lo), math.log(hi), generator, dev))
+        else:
+            m = uniform(count, lo, hi, generator, dev)
+        if not self.perrow:
+            m = m.repeat_interleave(n)
+        if self.view:
+            out = max(8, round(self.size * self.view))
+        else:  # the whole image at one magnification per step (as the robust measure sees it)
+            m = m[:1].expand(rows).contiguous()
+            out = max(8, round(self.size * float(m[0])))
+        region = out / (self.size * m)
+        room = (1 - region).clamp(min=0)
+        jitter = 2 * self.shift / 128  # sub-pixel shift, as a fraction of affine_grid's [-1, 1] side
+        tx = uniform(rows, -1, 1, generator, dev) * room + uniform(rows, -jitter, jitter, generator, dev)
+        ty = uniform(rows, -1, 1, generator, dev) * room + uniform(rows, -jitter, jitter, generator, dev)
+        zero = torch.zeros_like(region)
+        theta = torch.stack([torch.stack([region, zero, tx], 1), torch.stack([zero, region, ty], 1)], 1)
+        src = x.repeat(self.views, 1, 1, 1) if self.views > 1 else x
+        grid = F.affine_grid(theta, (rows, c, out, out), align_corners=False)
+        return F.grid_sample(src, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def parse_variant(text: str):
+    name, _, rest = text.partition(":")
+    base = RECIPES[name] if name in RECIPES else RECIPES["robust"]
+    opts = dict(kv.split("=") for kv in rest.split(",") if kv)
+    recipe = replace(base, name=text)
+    for key, field, kind in [("steps", "steps", int), ("lr", "lr", float), ("decay", "decay", float),
+                             ("param", "param", str), ("opt", "optimizer", str), ("sched", "lr_schedule", str)]:
+        if key in opts:
+            recipe = replace(recipe, **{field: kind(opts.pop(key))})
+    zoom_keys = {"zoom", "view", "views", "shift", "perrow", "logzoom"}
+    transform = None
+    if zoom_keys & set(opts):
+        lo, hi = (float(v) for v in opts.pop("zoom", "0.75-1.75").split("-"))
+        transform = dict(zoom=(lo, hi), view=float(opts.pop("view", 0.75)), views=int(opts.pop("views", 1)),
+                         shift=float(opts.pop("shift", 4)), perrow=bool(int(opts.pop("perrow", 1))),
+                         logzoom=bool(int(opts.pop("logzoom", 0))))
+    if opts:
+        raise SystemExit(f"unknown keys {sorted(opts)} in {text}")
+    return recipe, transform
+
+
+def run_variant(model, units, best, recipe, transform, size=128):
+    from featviz.optvis.axes import build_transforms
+
+    inner = ZoomViews(size=size, **transform) if transform else build_transforms(recipe.transforms, size,
+                                                                                    model.device)[0]
+    counted = B.PixelCounter(inner)
+    t = time.perf_counter()
+    results = featviz.render_units(model, units, batch_size=len(units), recipe=replace(recipe, transforms=counted),
+                                   size=size, seed=0)
+    seconds = (time.perf_counter() - t) / len(units)
+    images = torch.cat([r.images for r in results])
+    ratios = B.unit_ratios(model, images, units, best)
+    return ratios, seconds, counted.pixels / len(units), images
+
+
+def safe(text: str) -> str:
+    return text.replace(":", "_").replace(",", "_").replace("=", "")
+
+
+def per_scale(model, images, units, best) -> str:
+    """Median ratio at each scale of the robust measure (mean of its two shifts)."""
+    from featviz.optvis.quality import VIEW_SCALES, view_robust_activation
+
+    bests = torch.tensor([float(best[layer][ch]) for layer, ch in units])
+    table = view_robust_activation(model, images, featviz.optvis.objectives.batched_channels(units), per_view=True)
+    table = (table / bests[:, None]).reshape(len(units), len(VIEW_SCALES), -1).mean(2)
+    return "  ".join(f"x{s}: {float(table[:, i].median()):.2f}" for i, s in enumerate(VIEW_SCALES))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("variants", nargs="+")
+    parser.add_argument("--units", default="benchmark", help="benchmark | held-out | LAYER:CH,...")
+    parser.add_argument("--reference-steps", type=int, default=64)
+    parser.add_argument("--out", default=str(B.CACHE / "sweep"))
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = featviz.load("efficientnet_lite0")
+    units = B.unit_list(model, args.units)
+    best = B.best_photo_activations(model, sorted({layer for layer, _ in units}))
+    sharp = replace(RECIPES["sharp"], steps=args.reference_steps)
+    _, sharp_s, sharp_px, _ = run_variant(model, units, best, sharp, None)
+    sharp_s, sharp_px = sharp_s * 512 / args.reference_steps, sharp_px * 512 / args.reference_steps
+    print(f"sharp-512 reference: {sharp_s:.2f} s/unit (from {args.reference_steps} steps), units {args.units}",
+          flush=True)
+    for text in args.variants:
+        recipe, transform = parse_variant(text)
+        ratios, seconds, pixels, images = run_variant(model, units, best, recipe, transform)
+        r = ratios["robust"]
+        print(f"{text:60s} robust {statistics.median(r):5.2f} ({min(r):4.2f}) native "
+              f"{statistics.median(ratios['native']):5.2f}  work {pixels / sharp_px:4.2f}  "
+              f"time {seconds / sharp_s:4.2f} ({seconds:5.1f} s/unit)", flush=True)
+        print("    " + " ".join(f"{v:.1f}" for v in r), flush=True)
+        print("    per scale: " + per_scale(model, images, units, best), flush=True)
+        torch.save(images, out / f"{args.units}_{safe(text)}.pt")
+        sheet = featviz.imageio.grid([featviz.imageio.to_pil(i) for i in images], columns=6)
+        sheet.save(out / f"{args.units}_{safe(text)}.png")
+
+
+if __name__ == "__main__":
+    main()
