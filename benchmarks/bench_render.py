@@ -395,8 +395,8 @@ def section_classes(model, recipes, out_dir, kinds=("logit", "prob"), class_sets
         if name != reference:
             ratio, low, high = class_time_ratio(model, name, reference, timing_batch, repeats)
             print(f"  recipe {name}: time per class / {reference}'s {ratio:.2f} [{low:.2f}-{high:.2f}] "
-                  f"({repeats} back-to-back pairs, {timing_batch} classes each); work (steps x views x view pixels) / {reference}'s "
-                  f"{class_work(name) / class_work(reference):.2f}")
+                  f"({repeats} back-to-back pairs, {timing_batch} classes each); work (steps x views x view "
+                  f"pixels) / {reference}'s {class_work(name) / class_work(reference):.2f}")
 
 
 def section_throughput(model, batches, sizes):
@@ -425,7 +425,8 @@ def main():
     parser.add_argument("--reference-steps", type=int, default=None,
                         help="channels: run the sharp reference for this many steps, its time scaled to its own")
     parser.add_argument("--class-sets", default="ten,held-out 1,held-out 2",
-                        help="classes: which sets (ten = the README's, held-out 1, held-out 2)")
+                        help="classes: which sets (ten = the README's, held-out 1, held-out 2; empty: only the time "
+                             "ratio)")
     parser.add_argument("--class-batch", type=int, default=10, help="classes rendered per optimization")
     parser.add_argument("--class-reference", default="default",
                         help="classes: the recipe whose time per class the others are divided by")
@@ -453,8 +454,8 @@ def main():
     if "channels" in sections:
         section_channels(model, recipes, args.channel_batch, out_dir, args.reference_steps)
     if "classes" in sections:
-        section_classes(model, recipes, out_dir, args.kinds.split(","), args.class_sets.split(","), args.class_batch,
-                        args.class_reference, args.repeats)
+        section_classes(model, recipes, out_dir, args.kinds.split(","), [s for s in args.class_sets.split(",") if s],
+                        args.class_batch, args.class_reference, args.repeats)
     if "throughput" in sections:  # not in the default list: batch 64 at 224 px takes minutes on a CPU
         section_throughput(model, [int(b) for b in args.throughput_batches.split(",")],
                            [int(v) for v in args.throughput_sizes.split(",")])

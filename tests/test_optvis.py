@@ -150,7 +150,8 @@ def test_transforms_shapes_and_seeds():
         out = spec.build(32)(x, torch.Generator().manual_seed(0))
         assert out.shape == (2 * spec.views, 3, 32, 32)
     # The class views are resampled to 0.8 of the canvas side.
-    assert CLASS_CROPS.build(40)(torch.rand(2, 3, 40, 40), torch.Generator()).shape == (2 * CLASS_CROPS.views, 3, 32, 32)
+    views = CLASS_CROPS.build(40)(torch.rand(2, 3, 40, 40), torch.Generator())
+    assert views.shape == (2 * CLASS_CROPS.views, 3, 32, 32)
     with pytest.raises(FeatvizError, match="view_side"):
         TransformSpec("bad", view_side=0).build(32)
 
