@@ -117,7 +117,7 @@ def main():
         print(f"batched / one at a time (render): {speedup:.2f}x")
 
     # -- server -----------------------------------------------------------------------------------------
-    from featviz.microscope import build
+    from featviz.microscope import build, slug
     from featviz.server import serve_in_background
 
     site = Path(tempfile.mkdtemp(prefix="bench-microscope-serve-"))
@@ -126,11 +126,11 @@ def main():
         build(model, site, None, quick=True, layers=[layer], units=1, steps=2, size=32, n_classes=0, classes=())
         running = serve_in_background(site, model)
         port = running.port
-        slug = model.name
+        folder = f"{slug(model.name)}/{slug(layer)}"  # the site's URL names of the model and the layer
         try:
-            for label, path in (("prebuilt unit page", f"/{slug}/{layer}/0/"),
-                                ("unbuilt unit page (made on the fly)", f"/{slug}/{layer}/5/"),
-                                ("static image", f"/{slug}/{layer}/0/channel.png")):
+            for label, path in (("prebuilt unit page", f"/{folder}/0/"),
+                                ("unbuilt unit page (made on the fly)", f"/{folder}/5/"),
+                                ("static image", f"/{folder}/0/channel.png")):
                 times = []
                 for _ in range(args.requests):
                     t, status, _ = ttfb(port, "GET", path)

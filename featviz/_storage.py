@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import FeatvizError
-from .imageio import check_output
+from .imageio import check_output, make_folder
 
 LOCK = ".lock"  # the lock file inside a locked folder
 
@@ -33,11 +33,7 @@ class FolderLock:
     """
 
     def __init__(self, folder: str | os.PathLike, busy: str):
-        folder = Path(folder)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise FeatvizError(f"cannot create the folder {folder}: {exc.strerror or exc}") from None
+        folder = make_folder(Path(folder))
         require_regular_file(folder / LOCK)
         self.file = open(folder / LOCK, "a+")
         try:

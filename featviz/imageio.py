@@ -209,11 +209,17 @@ def output_folder(path: str | os.PathLike) -> Path:
     if os.path.lexists(folder) and not folder.is_dir():
         raise FeatvizError(f"{folder} exists and is not a folder")
     check_output(folder / "file", probe=True)  # the rules of a file in it, before the folder exists
+    make_folder(folder)
+    check_output(folder / "file", probe=True)
+    return folder
+
+
+def make_folder(folder: Path) -> Path:
+    """Create ``folder`` and its parents (fine if it exists), or one ``FeatvizError`` line saying why not."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FeatvizError(f"cannot create the folder {folder}: {exc.strerror or exc}") from None
-    check_output(folder / "file", probe=True)
     return folder
 
 

@@ -110,3 +110,26 @@ def run():
         return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
+
+
+@pytest.fixture(scope="session")
+def finetuned_site(tmp_path_factory, photos):
+    """A real fine-tuning run (lite0 from ImageNet weights on the offline demo task: 2 steps at 48 px)
+    and a microscope site built from its model.toml, which builds the run's starting network beside it.
+    Returns (run folder, site folder, photo folder, build report)."""
+    from PIL import Image
+
+    from featviz.microscope import build
+    from featviz.training import TrainSettings, finetune
+
+    folder = tmp_path_factory.mktemp("finetuned")
+    run = folder / "shapes"
+    finetune("efficientnet_lite0", None, run, TrainSettings(steps=2, per_class=2, holdout=2, size=48, batch_size=6))
+    photo_dir = folder / "photos"
+    photo_dir.mkdir()
+    for name, pixels in photos.items():
+        Image.fromarray(pixels).convert("RGB").resize((96, 96)).save(photo_dir / f"{name}.png")
+    site = folder / "site"
+    report = build(str(run / "model.toml"), site, photo_dir, layers=["blocks.4", "head"], units=2, steps=3, size=32,
+                   k=3, batch_size=2, diversity_batch=2, classes=[0, 1], examples_size=64)
+    return run, site, photo_dir, report

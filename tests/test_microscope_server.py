@@ -194,6 +194,13 @@ class Gate:
         if not self.release.wait(60):
             raise RuntimeError("gate never opened")
 
+    @classmethod
+    def on(cls, app) -> "Gate":
+        """A gate installed as ``app``'s renderer: the test decides when each job runs."""
+        gate = cls()
+        app.state.microscope.queue.runner = gate
+        return gate
+
     async def wait_entered(self):
         """Until a worker runs a job (an event, not a guess at how long a busy machine takes)."""
         assert await asyncio.to_thread(self.entered.wait, 60), "no worker took the job"
@@ -202,8 +209,7 @@ class Gate:
 def test_full_queue_and_greedy_clients_get_429_at_once(site, model):
     async def main():
         app = create_app(site, model, workers=1, max_queue=2, per_client=2)
-        gate = Gate()
-        app.state.microscope.queue.runner = gate
+        gate = Gate.on(app)
         async with client(app, "10.0.0.1") as a, client(app, "10.0.0.2") as b, client(app, "10.0.0.3") as d:
             req = lambda u: {"layer": "c2", "unit": u, "steps": 2, "size": 32}  # noqa: E731
             first = await a.post("/api/render", json=req(0))
@@ -230,8 +236,7 @@ def test_full_queue_and_greedy_clients_get_429_at_once(site, model):
 def test_round_robin_keeps_one_client_from_starving_another(site, model):
     async def main():
         app = create_app(site, model, workers=1, max_queue=8, per_client=4)
-        gate = Gate()
-        app.state.microscope.queue.runner = gate
+        gate = Gate.on(app)
         async with client(app, "10.0.0.1") as a, client(app, "10.0.0.2") as b:
             req = lambda u: {"layer": "c2", "unit": u, "steps": 2, "size": 32}  # noqa: E731
             ids = [(await a.post("/api/render", json=req(u))).json()["id"] for u in (0, 1, 2, 3)]
@@ -274,8 +279,7 @@ def test_a_job_past_its_time_limit_stops(site, model):
 def test_cancel_a_queued_job(site, model):
     async def main():
         app = create_app(site, model, workers=1, per_client=3)
-        gate = Gate()
-        app.state.microscope.queue.runner = gate
+        gate = Gate.on(app)
         async with client(app) as c, client(app, "10.9.9.9") as other:
             await c.post("/api/render", json={"layer": "c2", "unit": 0})
             queued = (await c.post("/api/render", json={"layer": "c2", "unit": 1})).json()
@@ -329,8 +333,7 @@ def test_unicode_digits_in_a_unit_path_are_404_not_500(site, model, path):
 def test_every_error_is_one_line_with_the_security_headers(site, model):
     async def main():
         app = create_app(site, model, max_steps=50, workers=1, per_client=1)
-        gate = Gate()
-        app.state.microscope.queue.runner = gate
+        gate = Gate.on(app)
         async with client(app) as c:
             assert_one_line_error(await c.get("/tiny/c2/99/"), 404)
             assert_one_line_error(await c.get("/api/nothing"), 404)
@@ -389,7 +392,7 @@ def test_other_web_sites_cannot_queue_renders_or_rebind_the_host(site, model):
 
     async def main():
         app = create_app(site, model, served_names=("microscope.lan",))
-        app.state.microscope.queue.runner = Gate()
+        Gate.on(app)
         async with client(app) as c:
             # what a page on another site can send without a CORS preflight: a text/plain POST
             r = await c.post("/api/render", content=body, headers={"content-type": "text/plain", "origin": evil})
@@ -500,8 +503,7 @@ def test_a_request_uvicorn_cannot_parse_gets_a_one_line_400_with_the_headers(bac
 
 def test_prebuilt_pages_are_served_during_a_render_burst(background):
     running = background()
-    gate = Gate()  # the renders themselves do not matter here: the worker holds each job until released
-    running.app.state.microscope.queue.runner = gate
+    gate = Gate.on(running.app)  # the renders themselves do not matter here: the worker holds each job until released
     body = lambda u: json.dumps({"layer": "c2", "unit": u % 12, "steps": 2, "size": 32}).encode()  # noqa: E731
     requests = [raw_request("POST", "/api/render", running.port, body(u), "Content-Type: application/json\r\n")
                 for u in range(200)]

@@ -44,6 +44,11 @@ def test_algebra_and_descriptions(tiny):
     assert torch.allclose(Objective.sum([a, b, a])(acts, 2), 2 * va + vb)
     only = a.only(1)(acts, 2)
     assert only[0] == 0 and only[1] == va[1]
+    three = tiny.activations(torch.rand(6, 3, 32, 32), ["conv2"])  # 2 views x 3 images
+    some = a.only([0, 2])
+    assert torch.equal(some(three, 3), a(three, 3) * torch.tensor([1.0, 0, 1, 1, 0, 1]))
+    assert some.description == "channel conv2:1 [images 0, 2]"
+    assert a.only([3, 0, 1, 2, 7]).description == "channel conv2:1 [images 0-3, 7]"
     assert (a - 2 * b).description == "channel conv2:1 - 2 * channel conv2:2"
     assert set((a + O.logit(3)).layers) == {"conv2", "logits"}
 
@@ -76,6 +81,47 @@ def test_diversity_prefers_different_images(tiny):
     d = O.diversity("conv2")
     assert d(same, 2).sum() < d(diff, 2).sum()
     assert d.rowwise  # compares images within a view, so view groups stay exact
+
+
+def test_grouped_diversity_compares_images_within_their_group_only(tiny):
+    views, n = 2, 4
+    acts = tiny.activations(torch.rand(views * n, 3, 32, 32), ["conv2", "conv3"])  # crop-major rows
+
+    def group_rows(group):  # the rows of group ``group`` (2 images) in every view, as their own batch
+        rows = [v * n + i for v in range(views) for i in (2 * group, 2 * group + 1)]
+        return {k: a[rows] for k, a in acts.items()}, rows
+
+    grouped = O.diversity("conv2", group_size=2)(acts, n)
+    per_layer = O.diversity(["conv2", "conv3"], group_size=2)(acts, n)
+    for group, layer in ((0, "conv2"), (1, "conv3")):
+        sub, rows = group_rows(group)
+        alone = O.diversity(layer)(sub, 2)
+        assert torch.allclose(per_layer[rows], alone, atol=1e-6)
+        if layer == "conv2":
+            assert torch.allclose(grouped[rows], alone, atol=1e-6)
+    # the whole batch as one group is plain diversity
+    assert torch.allclose(O.diversity("conv2", group_size=n)(acts, n), O.diversity("conv2")(acts, n), atol=1e-6)
+    assert O.diversity(["conv2", "conv3"], group_size=2).rowwise
+    with pytest.raises(FeatvizError, match="2 groups of 2 images, but the batch has 6"):
+        O.diversity(["conv2", "conv3"], group_size=2)(tiny.activations(torch.rand(6, 3, 32, 32), ["conv2", "conv3"]), 6)
+    with pytest.raises(FeatvizError, match="at least 2 images"):
+        O.diversity("conv2", group_size=1)
+    with pytest.raises(FeatvizError, match="batch has 3 images"):
+        O.diversity("conv2", group_size=2)(tiny.activations(torch.rand(3, 3, 32, 32), ["conv2"]), 3)
+
+
+def test_a_relative_term_counts_in_proportion_to_the_main_objective(tiny):
+    acts = {k: a.detach().requires_grad_() for k, a in acts_for(tiny, 3).items()}
+    main, term = O.channel("conv2", 1), O.deepdream("conv2")
+    value = O.with_relative_term(main, term, 0.5)(acts, 3)
+    m, t = main(acts, 3), term(acts, 3)
+    assert torch.allclose(value, m + 0.5 * m.abs() * t)
+    # |main| is a weight, not something to optimize: the gradient is main's plus 0.5 |main| x term's
+    grad, = torch.autograd.grad(value.sum(), acts["conv2"])
+    expected, = torch.autograd.grad((m + 0.5 * m.detach().abs() * t).sum(), acts["conv2"], retain_graph=True)
+    assert torch.allclose(grad, expected)
+    plain, = torch.autograd.grad((m + 0.5 * m.abs() * t).sum(), acts["conv2"])
+    assert not torch.allclose(grad, plain)
 
 
 # -- parameterizations -------------------------------------------------------------

@@ -83,6 +83,19 @@ def test_demo_shapes_seeded():
     assert 0 <= float(a.min()) and float(a.max()) <= 1 and float(a.std()) > 0.1
 
 
+def test_a_data_set_that_cannot_fit_in_memory_is_refused_before_it_is_read():
+    from featviz.data import check_memory
+    from featviz.optvis.memory import available_bytes
+
+    free = available_bytes(torch.device("cpu"))
+    assert free is not None  # Linux: MemAvailable (and a container's limit)
+    size = 224
+    image = 3 * size * size * 4
+    check_memory(int(0.1 * free) // image, size, "the folder x")  # well under half of what is free
+    with pytest.raises(FeatvizError, match=r"^the folder x: \d+ images at 224 px need .* GiB free"):
+        check_memory(2 * free // image, size, "the folder x")
+
+
 # -- the random copy ---------------------------------------------------------------------------------------
 
 @pytest.mark.slow

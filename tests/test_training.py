@@ -172,6 +172,17 @@ def test_evolve_from_scratch_on_a_folder(tmp_path, lite0):
         assert (out / f"examples_{slug}.png").is_file()
     unit = record["units"][0]
     assert len(unit["examples_start"]) == 2 and len(unit["examples_end"]) == 2
+    # the cross figures: each network's activation on the first and last frame, as the filmstrip holds them
+    with Image.open(out / "filmstrip_blocks.8_3.png") as strip:
+        first = np.asarray(strip.convert("RGB").crop((2, 2, 34, 34)), dtype=np.float32) / 255.0
+    start = load_checkpoint(run, "checkpoints/start.pt")
+    x = torch.from_numpy(first).permute(2, 0, 1)[None]
+    expected = float(start.activations(x, ["blocks.8"])["blocks.8"][0, 3].mean())
+    assert unit["cross"]["start_on_start"] == pytest.approx(expected, abs=1e-3)
+    assert set(unit["cross"]) == {"start_on_start", "start_on_end", "end_on_start", "end_on_end", "reading"}
+    assert unit["activation"][0] == unit["cross"]["start_on_start"] and len(unit["activation"]) == 4
+    assert unit["activation"][-1] == unit["cross"]["end_on_end"]
+    assert record["units"][1]["activation"] != unit["activation"]  # each unit its own figures
     with Image.open(out / "cka_by_depth.png") as img:
         assert img.width > 400
     assert "CKA to the start after 3 steps" in res.output

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import FeatvizError
-from ..models import DEFAULT_MODEL, is_model_reference
+from ..models import DEFAULT_MODEL, is_model_reference, load_reference
 from .common import (OutputPath, device_option, engine_options, load_model, make_engine, model_argument,
                      parse_unit, weights_option)
 
@@ -132,12 +132,13 @@ def compare_cmd(model, unit, store_path, out, k, size, steps, recipe, seed, no_v
         model, unit = None, model
     layer, index = parse_unit(unit)
     with open_store(store_path) as st:
-        model = model or st.settings["model"]
         st.top(layer, index, k=1)  # checks store, layer and unit before the (slow) rendering
         settings = {"store": str(store_path), "unit": f"{layer}:{index}", "model": st.settings["model"]}
         vis = None
         if not no_vis:
-            organism = load_model(model, device)
+            # Without MODEL: the store's own network, from the spec it recorded when it came from one.
+            organism = (load_model(model, device) if model else
+                        load_reference(st.model_reference, device, where=f"the store {store_path}"))
             if organism.name != st.settings["model"]:
                 raise FeatvizError(f"the store {store_path} was made with {st.settings['model']}, not {organism.name}")
             organism.check_channel(layer, index)

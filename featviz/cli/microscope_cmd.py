@@ -49,12 +49,20 @@ def microscope():
 @click.option("--seed", type=int, default=None, help="base seed (default 0)")
 @click.option("--caricature-photo", type=click.Path(path_type=Path), default=None,
               help="caricature this photo on every layer (default: each unit's top dataset example)")
+@click.option("--baseline", default=None, metavar="MODEL",
+              help="starting network to show beside each unit, built into the same site (default: the run's start "
+                   "when MODEL is a featviz finetune run's model.toml)")
+@click.option("--no-baseline", is_flag=True, help="no starting network, even for a fine-tuning run")
 @click.option("--quiet", "-q", is_flag=True, help="no progress lines")
 @device_option
 @engine_options
 def build_cmd(model, data_dir, layers, units, out, steps, size, quick, batch_size, k, classes, seed, caricature_photo,
-              quiet, device, engine, address):
+              baseline, no_baseline, quiet, device, engine, address):
     """Build (or bring up to date) a microscope site for MODEL.
+
+    For a fine-tuned network (a featviz finetune run's model.toml, or --baseline MODEL), the
+    starting network is built into the same site too, and each unit page shows its same unit
+    beside this one; the model page plots how far each layer moved (linear CKA).
 
     Incremental and resumable: what is already built with the same settings is skipped,
     changed settings re-render only the panels they affect, and a killed build continues
@@ -73,7 +81,7 @@ def build_cmd(model, data_dir, layers, units, out, steps, size, quick, batch_siz
     try:
         with make_engine(engine, address) as runner:
             report = build(organism, out, data_dir, quick=quick, log=log, progress=not quiet, engine=runner,
-                           **overrides)
+                           baseline=False if no_baseline else baseline, **overrides)
     except KeyboardInterrupt:
         click.echo(f"interrupted: what is done is kept in {out}; run the same command again to continue", err=True)
         sys.exit(130)
@@ -126,6 +134,10 @@ def _serve(site, model, host, names, port, workers, max_queue, per_client, max_s
         raise FeatvizError(f"{site} is not a microscope site; make one with 'featviz microscope build'")
     limits = Limits(workers=workers, max_queue=max_queue, per_client=per_client, max_steps=max_steps,
                     max_size=max_size, job_timeout=job_timeout)  # checked here, before anything starts
+    from ..microscope.manifest import missing_specs
+
+    for line in missing_specs(site) if model is None else []:
+        click.echo(f"warning: {line}", err=True)
     if not is_loopback(host):
         click.echo(f"warning: binding to {host} lets other machines use this renderer", err=True)
     click.echo(f"serving {site} at http://{host if ':' not in host else '[' + host + ']'}:{port}/  (Ctrl-C stops)",

@@ -7,9 +7,14 @@ from ..models import registered
 from .common import device_option, load_model, model_argument, optional_model_argument
 
 
+# The layer table of `featviz layers` and `featviz models check`: main layers, or every module.
+all_modules_option = click.option("--all", "all_modules", is_flag=True,
+                                  help="every module with an output, not only the main layers")
+
+
 @click.command("layers")
 @optional_model_argument
-@click.option("--all", "all_modules", is_flag=True, help="every module with an output, not only the main layers")
+@all_modules_option
 @device_option
 def layers_cmd(model, all_modules, device):
     """Print the layer table: dotted name, channels, spatial size."""
@@ -56,7 +61,7 @@ def list_cmd():
 
 @models_cmd.command("check")
 @model_argument
-@click.option("--all", "all_modules", is_flag=True, help="every module with an output, not only the main layers")
+@all_modules_option
 @device_option
 def check_cmd(model, all_modules, device):
     """Load MODEL (a spec file such as my_net.toml, or a name), run one forward pass, print its

@@ -8,6 +8,7 @@ import click
 
 from ..errors import FeatvizError
 from ..imageio import grid, image_format, save_image, writes_to_stdout
+from ..names import slug
 from ..optvis import RECIPES, render, render_units
 from ..optvis.render import auto_recipe
 from ..optvis.objectives import parse
@@ -115,7 +116,7 @@ def render_layer_cmd(model, layer, channels, out, batch, kind, columns, recipe, 
                            progress=True, **_overrides(steps, lr, param, transforms))
     single_dir = out.with_suffix("")
     for (lname, c), res in zip(units, results):
-        res.save(single_dir / f"{lname}_{c}.png")
+        res.save(single_dir / f"{slug(f'{lname}_{c}')}.png")
     sheet = grid([r.pil() for r in results], columns=columns, labels=[str(c) for _, c in units[:len(results)]])
     settings = dict(results[0].settings, objective=f"{kind}s of {layer}", channels=chans[:len(results)])
     save_image(sheet, out, settings)

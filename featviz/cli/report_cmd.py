@@ -60,9 +60,7 @@ def logits_cmd(model, classes, judge, size, steps, seed, out, site, device):
     if size < 16:
         raise FeatvizError(f"--size must be at least 16 px, got {size}")
     output_folder(out)  # refused in one line now, not after the renders
-    organism = load_model(model, device)
-    if site is not None:
-        _check_site(site, organism.name)
+    organism = _load_for_report(model, device, site)
     res = logits_report(organism, cls, out, judge=judge, size=size, steps=steps, seed=seed,
                         log=lambda m: click.echo(m, err=True))
     for kind, s in res["summary"].items():
@@ -102,9 +100,7 @@ def causes_cmd(model, unit, store, k, steps, size, mask_frac, method, seed, out,
         raise FeatvizError(f"--mask-frac must be between 0 and 1, got {mask_frac}")
     method = canonical_method(method)
     output_folder(out)  # refused in one line now, not after the renders
-    organism = load_model(model, device)
-    if site is not None:
-        _check_site(site, organism.name)
+    organism = _load_for_report(model, device, site)
     res = causes_report(organism, (layer, index), store, out, k=k, steps=steps, size=size, mask_frac=mask_frac,
                         method=method, seed=seed, log=lambda m: click.echo(m, err=True))
     s = res["summary"]
@@ -150,9 +146,7 @@ def transfer_cmd(model, data_dir, layers, size, per_class, folds, seed, pixels, 
     if data_dir is not None and not data_dir.is_dir():
         raise FeatvizError(f"data folder not found: {data_dir} (it should hold one sub-folder of images per class)")
     output_folder(out)  # refused in one line now, not after the renders
-    organism = load_model(model, device)
-    if site is not None:
-        _check_site(site, organism.name)
+    organism = _load_for_report(model, device, site)
     if data_dir is None:
         click.echo("no DATA_DIR given: using the offline demo task (shapes on textures)", err=True)
     res = transfer_report(organism, data_dir, out, layers=names, size=size, per_class=per_class,
@@ -194,9 +188,7 @@ def finetune_cmd(model, data_dir, budgets, steps, batch_size, lr, holdout, size,
         raise FeatvizError("--budgets: give examples per class, e.g. 2,5,10")
     settings = TrainSettings(batch_size=batch_size, lr=lr, holdout=holdout, size=size, seed=seed)
     settings.check()
-    organism = load_model(model, "cpu")
-    if site is not None:
-        _check_site(site, organism.name)
+    organism = _load_for_report(model, "cpu", site)
     if data_dir is None:
         click.echo("no DATA_DIR given: using the offline demo task (shapes on textures)", err=True)
     res = finetune_report(organism, data_dir, out, budgets=numbers, steps=steps, settings=settings,
@@ -211,11 +203,14 @@ def finetune_cmd(model, data_dir, budgets, steps, batch_size, lr, holdout, size,
     _publish(site, out)
 
 
-def _check_site(site: Path, model_name: str) -> None:
-    """Fail before the work, not after it, if the site cannot take the report."""
-    from ..microscope.report_pages import check_report_site
+def _load_for_report(model, device, site: Path | None):
+    """The model, and the site checked for it: both fail in one line before the work, not after it."""
+    organism = load_model(model, device)
+    if site is not None:
+        from ..microscope.report_pages import check_report_site
 
-    check_report_site(site, model_name)
+        check_report_site(site, organism.name)
+    return organism
 
 
 # Registered on the `featviz` group by featviz/cli/__init__.py, in this order.

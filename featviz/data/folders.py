@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from ..errors import FeatvizError, ImageReadError
+from ..optvis.memory import available_bytes
 
 # Bytes of one float32 RGB image of side s: 3 * s * s * 4. Refuse a folder whose images
 # would take more than this share of the memory that is free now.
@@ -39,23 +40,12 @@ class Dataset:
         return [int((self.labels == c).sum()) for c in range(len(self.classes))]
 
 
-def available_memory() -> int | None:
-    """Bytes of memory free now (Linux: MemAvailable), or None where it cannot be read."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def check_memory(n_images: int, size: int, what: str) -> None:
     """Refuse, with one line, to hold ``n_images`` images of ``size`` px in memory when they would
-    take more than half of the memory free now."""
+    take more than half of the memory free now (the project's one rule for what is free:
+    ``featviz.optvis.memory.available_bytes``)."""
     need = n_images * 3 * size * size * 4
-    free = available_memory()
+    free = available_bytes(torch.device("cpu"))
     if free is not None and need > MEMORY_SHARE * free:
         raise FeatvizError(f"{what}: {n_images} images at {size} px need {need / 2**30:.1f} GiB in memory, "
                            f"more than half of the {free / 2**30:.1f} GiB free; use fewer images per class "

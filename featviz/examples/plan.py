@@ -100,6 +100,7 @@ class ExamplesPlan:
     store: Path
     overwrite: bool = False
     crop_size: int = CROP_SIZE
+    spec: str | None = None  # the model spec file the network came from (absolute), if any
 
     @classmethod
     def create(cls, model, data=None, layers=None, k: int = 10, *, bottom: int | None = None, store=None,
@@ -146,7 +147,7 @@ class ExamplesPlan:
         plan = cls(model=model.name, weights=model.weights_digest(), data=None if data is None else Path(data),
                    root=root, files=files, layers=tuple(chosen), top=top, bottom=bottom, size=size,
                    batch_size=batch_size, shard=shard, store=store, overwrite=bool(overwrite),
-                   crop_size=int(crop_size))
+                   crop_size=int(crop_size), spec=model.source)
         if shard is not None and not plan.ids:
             raise FeatvizError(f"shard {shard[0]}/{shard[1]} is empty: the {len(files)} files under {root} make "
                                f"only {plan.n_batches} batches of {batch_size}")
@@ -184,7 +185,8 @@ class ExamplesPlan:
         """About the run, not part of the result: where the data lives, the shard, versions."""
         return {"data_root": str(self.root.resolve()),
                 "shard": f"{self.shard[0]}/{self.shard[1]}" if self.shard else None,
-                "rf_method": RF_METHOD, "crop_size": self.crop_size, "torch": torch.__version__}
+                "rf_method": RF_METHOD, "crop_size": self.crop_size, "torch": torch.__version__,
+                "model_spec": self.spec}
 
     def describe_data(self) -> str:
         return str(self.root) if self.data is not None else "the scikit-image demo photos"

@@ -194,6 +194,16 @@ class ExampleStore(Database):
         return json.loads(self._meta("run") or "{}")
 
     @property
+    def model_reference(self) -> dict:
+        """What ``featviz.models.load_reference`` needs to load the store's network again: its name,
+        weights digest and, for a network from a model spec, the spec's path (stores made before
+        featviz recorded it have none)."""
+        ref = {"name": self.settings["model"], "weights": self.settings["weights"]}
+        if self.run.get("model_spec"):
+            ref["spec"] = self.run["model_spec"]
+        return ref
+
+    @property
     def status(self) -> str:
         return self._meta("status")
 
@@ -662,7 +672,8 @@ def merge(stores: Sequence[str | os.PathLike | ExampleStore], out: str | os.Path
     settings = dict(opened[0].settings, files=files_hash(files), n_files=len(files))
     roots = {str(st.data_root) for st in opened}
     run = {"data_root": roots.pop() if len(roots) == 1 else str(opened[0].data_root),
-           "merged_from": [str(st.path) for st in opened], "rf_method": opened[0].run.get("rf_method")}
+           "merged_from": [str(st.path) for st in opened], "rf_method": opened[0].run.get("rf_method"),
+           "model_spec": opened[0].run.get("model_spec")}
     skipped = sorted(entry for st in opened for entry in st._skipped_ids())
 
     out.parent.mkdir(parents=True, exist_ok=True)

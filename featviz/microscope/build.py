@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -36,7 +36,7 @@ from . import classes as class_effects
 from . import visuals
 from .manifest import Manifest, Panel
 from .pages import install_static, layer_dir, write_pages
-from .settings import (CARICATURE, CIRCUITS, CLASS_PHOTOS, CLASS_UNITS, CLASS_VIS, CLASSES, CLASSES_DIR,
+from .settings import (BASELINE_CKA, CARICATURE, CIRCUITS, CLASS_PHOTOS, CLASS_UNITS, CLASS_VIS, CLASSES, CLASSES_DIR,
                        DIVERSITY, DREAM, EXAMPLES, EXAMPLES_DIR, RENDER_KINDS, BuildSettings, batch_seed,
                        choose_classes, choose_layers, choose_units, chunks, digest, panel_settings, preset, slug)
 
@@ -97,7 +97,7 @@ def resolve_settings(data=None, quick: bool | None = None, settings: BuildSettin
 
 def build(model="efficientnet_lite0", out: str | os.PathLike = "microscope", data=None, *, quick: bool | None = None,
           settings: BuildSettings | None = None, device=None, log: Callable[[str], None] | None = None,
-          progress: bool = False, engine=None, **overrides) -> BuildReport:
+          progress: bool = False, engine=None, baseline=None, **overrides) -> BuildReport:
     """Build or update the microscope site ``out`` for ``model``.
 
     model: a name (``featviz.models.load``) or a ModelOrganism. data: a folder of
@@ -108,8 +108,13 @@ def build(model="efficientnet_lite0", out: str | os.PathLike = "microscope", dat
     engine: where the renders and the examples pass run (``featviz.engine.get_engine``; default
     this process). Whatever the engine, the seeds are fixed per batch before it is sent and only
     this process writes the site, so the result is the same.
+    baseline: the starting network to show beside each unit (``featviz.microscope.baseline``): None
+    for the default (a fine-tuning run's start when ``model`` is the run's ``model.toml``), False for
+    none, or a model name, spec or organism. It is built first into the same site, with the same
+    layers, units and settings.
     Returns a ``BuildReport``; rerunning skips what is up to date.
     """
+    from . import baseline as starting
     from ..models import load
 
     say = log or (lambda msg: None)
@@ -130,12 +135,20 @@ def build(model="efficientnet_lite0", out: str | os.PathLike = "microscope", dat
         raise FeatvizError(f"layers {layers} map to the same folder names {dirs}")
     plan = {layer: choose_units(model, layer, s) for layer in layers}
     class_list = choose_classes(model, s)
+    start = starting.resolve(model, baseline, device or model.device)
+    if start is not None:
+        starting.check_layers(start, layers)
+        say(f"building the starting network {start.name} first (shown beside each unit of {model.name})")
+        build(start, out, data, settings=replace(s, layers=tuple(layers)), log=log, progress=progress,
+              engine=engine, baseline=False)
     output_folder(site)  # or one line: a file in the way, no permission, a read-only disk
     lock = FolderLock(site, f"the site {site} is being built by another process")
     try:
         with Manifest(site) as man:
-            return _Builder(model, site, man, s, layers, plan, class_list, data, say, progress,
-                            engine or LocalEngine()).run()
+            builder = _Builder(model, site, man, s, layers, plan, class_list, data, say, progress,
+                               engine or LocalEngine())
+            builder.baseline = start
+            return builder.run()
     finally:
         lock.close()
 
@@ -149,6 +162,7 @@ class _Builder:
         self.slug = slug(model.name)
         self.model_id = {"name": model.name, "weights": model.weights_digest()}
         self.report = BuildReport(site, model.name, layers, sum(len(v) for v in plan.values()), engine=engine.name)
+        self.baseline = None  # the starting network shown beside each unit (set by ``build``)
 
     # -- helpers -------------------------------------------------------------------------------------
     def rel(self, *parts) -> str:
@@ -160,6 +174,12 @@ class _Builder:
     def hash_of(self, kind: str, extra: dict | None = None) -> tuple[str, dict]:
         settings = panel_settings(kind, self.s, self.model_id, extra)
         return digest(settings), settings
+
+    def seed_for(self, kind: str, *parts) -> int:
+        """The seed of a render batch: from the panel's settings and the batch, not from the network, so
+        two networks built with the same settings (a fine-tuned one and its start) render each unit from
+        the same seed, and their images differ by the network alone."""
+        return batch_seed(digest(panel_settings(kind, self.s, {})), *parts)
 
     def missing(self, layer: str, units, kind: str, h: str) -> list[int]:
         todo = [u for u in units if not self.man.current(self.slug, layer, u, kind, h)]
@@ -215,6 +235,13 @@ class _Builder:
             if w.layer is not None and not left[w.layer]:
                 write_pages(self.site, self.man, self.slug, layers=[w.layer])
         self.report.render_wall = time.perf_counter() - t
+        if self.baseline is not None:
+            from .baseline import cka_panel
+
+            t = time.perf_counter()
+            if cka_panel(self.site, self.man, model, self.baseline, self.say):
+                self.report.made[BASELINE_CKA] += 1
+            self.report.seconds[BASELINE_CKA] += time.perf_counter() - t
         write_pages(self.site, self.man, self.slug)
         self.report.elapsed = time.perf_counter() - t0
         return self.report
@@ -228,9 +255,14 @@ class _Builder:
             if layer not in known:
                 l = m.layer(layer)
                 table.append({"name": l.name, "channels": l.channels, "height": l.height, "width": l.width})
-        return {"name": m.name, "input_size": m.input_size, "num_classes": m.num_classes,
+        info = {"name": m.name, "input_size": m.input_size, "num_classes": m.num_classes,
                 "labels": list(m.labels) if m.labels else None, "layers": table, "weights": self.model_id["weights"],
                 "settings": self._settings_record()}
+        if m.source:  # a network from a model spec: serve and compare load it again from there
+            info["spec"] = m.source
+        if self.baseline is not None:
+            info["baseline"] = {"slug": slug(self.baseline.name), "name": self.baseline.name}
+        return info
 
     def _settings_record(self) -> dict:
         """The settings of this build (``featviz serve`` renders on demand with them by default)."""
@@ -500,7 +532,7 @@ class _Builder:
             todo = self.missing(layer, batch, kind, h)
             if not todo:
                 continue
-            seed = batch_seed(h, layer, batch[0])
+            seed = self.seed_for(kind, layer, batch[0])
             # The whole planned batch is rendered even when only some of its units are missing: an
             # image depends on its batch (the random views are drawn for all of it), so this is the
             # only way a repaired site gets exactly the images an uninterrupted build made.
@@ -549,7 +581,7 @@ class _Builder:
         if self.man.current(self.slug, layer, -1, DREAM, h):
             self.report.skipped[DREAM] += 1
             return []
-        seed = batch_seed(h, layer)
+        seed = self.seed_for(DREAM, layer)
         return [_Work(Job(visuals.render_dream, (layer, self.s, seed)),
                       partial(self._finish_dream, layer, seed, settings, h), layer)]
 
@@ -568,7 +600,7 @@ class _Builder:
         self.report.skipped[CLASS_VIS] += len(self.class_list) - len(todo)
         work = []
         for batch in chunks(todo, self.s.batch_size):
-            seed = batch_seed(h, batch[0])
+            seed = self.seed_for(CLASS_VIS, batch[0])
             work.append(_Work(Job(visuals.render_classes, (batch, self.s, seed)),
                               partial(self._finish_classes, batch, seed, settings, h), None))
         return work

@@ -19,36 +19,21 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch import nn
+
+from ..models.organism import LOGITS
+from .circuits import linear_route
 
 WEIGHTS = "weights"
 ATTRIBUTION = "attribution"
 
 
-@torch.no_grad()
 def linear_readout(model, layer: str) -> tuple[torch.Tensor, str] | None:
-    """(W (classes, channels), classifier module name) if logits = W . mean_hw(layer) + b, else None."""
+    """(W (classes, channels), classifier module name) if logits = W . mean_hw(layer) + b, else None:
+    the circuits' exact route (``circuits.linear_route``) from a spatial layer to the logits."""
     info = model.layer(layer)
     if not info.spatial or not model.num_classes:
         return None
-    candidates = [(name, m) for name, m in model.network.named_modules()
-                  if isinstance(m, nn.Linear) and m.in_features == info.channels
-                  and m.out_features == model.num_classes]
-    if not candidates:
-        return None
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand((2, 3, model.input_size, model.input_size), generator=gen).to(model.device)
-    acts = model.activations(x, [layer, "logits"])
-    mean = acts[layer].float().mean((2, 3))
-    logits = acts["logits"].float()
-    scale = logits.abs().max().clamp_min(1.0)
-    for name, lin in candidates:
-        pred = mean @ lin.weight.float().T
-        if lin.bias is not None:
-            pred = pred + lin.bias.float()
-        if (pred - logits).abs().max() <= 1e-4 * scale:
-            return lin.weight.detach().float().cpu(), name
-    return None
+    return linear_route(model, layer, LOGITS)
 
 
 def logit_effects_attribution(model, layer: str, units: Sequence[int], images: Sequence[torch.Tensor],

@@ -95,23 +95,38 @@ def _top_crops(site: Path, model_slug: str, layer: str, channels: int) -> dict[s
                 for u in range(channels) if (ex := store.top(layer, u, by="max", k=1))}
 
 
+def site_model(model, recorded: dict[str, dict], device=None, where: str = "the site"):
+    """``model`` as an organism: one already, a model featviz knows by name or spec, or the name of a
+    network built into the site (``recorded``: the manifest's models), loaded from what its build recorded."""
+    from ..models import ModelOrganism, is_model_reference, load, load_reference
+
+    if isinstance(model, ModelOrganism):
+        return model
+    info = recorded.get(slug(str(model)))
+    if info is not None and not is_model_reference(model):
+        return load_reference(info, device, where=f"{where}'s {info['name']}")
+    return load(model, device=device)
+
+
 def compare(site, model_a, model_b, *, device=None, log: Callable[[str], None] | None = None) -> str:
     """Compare two models built into the microscope at ``site`` and write their side-by-side page,
     ``SITE/_compare/<a>--<b>/index.html`` (linked from the first model's page). ``model_a`` /
-    ``model_b``: names (``featviz.models.load``) or ModelOrganisms. Returns the page's path
-    relative to the site."""
-    from ..models import ModelOrganism, load
+    ``model_b``: names (``featviz.models.load``), the names of networks built into the site (loaded
+    from the spec the build recorded, e.g. a fine-tuned network's), or ModelOrganisms. Returns the
+    page's path relative to the site."""
     from .pages import ModelView, compare_page, write_if_changed, write_pages
 
     say = log or (lambda msg: None)
     site = Path(site)
-    models = [m if isinstance(m, ModelOrganism) else load(m, device=device) for m in (model_a, model_b)]
-    slugs = [slug(m.name) for m in models]
-    if slugs[0] == slugs[1]:
-        raise FeatvizError(f"compare two different models, got {models[0].name} twice")
     if not (site / MANIFEST_NAME).is_file():
         raise FeatvizError(f"no microscope at {site}: build both models into it with `featviz microscope build "
                            f"MODEL --out {site}`")
+    with Manifest(site) as man:
+        recorded = man.models()
+    models = [site_model(m, recorded, device, f"the site {site}") for m in (model_a, model_b)]
+    slugs = [slug(m.name) for m in models]
+    if slugs[0] == slugs[1]:
+        raise FeatvizError(f"compare two different models, got {models[0].name} twice")
     with Manifest(site) as man:
         views = []
         for model, model_slug in zip(models, slugs):

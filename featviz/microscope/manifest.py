@@ -155,3 +155,14 @@ class Manifest(Database):
 
 def _panel(row) -> Panel:
     return Panel(row[0], row[1], int(row[2]), row[3], row[4], tuple(json.loads(row[5])), json.loads(row[6]))
+
+
+def missing_specs(site) -> list[str]:
+    """One line per network of the site built from a model spec that is no longer where the build
+    recorded it (``featviz serve`` cannot render its unbuilt units without ``--model``)."""
+    with Manifest(site, readonly=True) as man:
+        models = man.models()
+    return [f"{info['name']} was built from the model spec {info['spec']}, which is no longer there (moved or "
+            "deleted?): its built pages are served, on-demand renders need --model SPEC"
+            for info in models.values() if info.get("spec") and not Path(info["spec"]).is_file()]
+

@@ -32,7 +32,7 @@ from ..imageio import atomic_write
 from . import circuits
 from .classes import describe
 from .manifest import Manifest, Panel
-from .settings import (CARICATURE, CIRCUITS, CLASS_PAGES_DIR, CLASS_PHOTOS, CLASS_UNITS, CLASS_VIS, CLASSES,
+from .settings import (BASELINE_CKA, CARICATURE, CIRCUITS, CLASS_PAGES_DIR, CLASS_PHOTOS, CLASS_UNITS, CLASS_VIS, CLASSES,
                        CLASSES_DIR, COMPARE, COMPARE_DIR, DIVERSITY, DREAM, EXAMPLES, STATIC_DIR, slug)
 
 REPORT = "report:"      # panel kind prefix of reports: report:transfer
@@ -40,6 +40,7 @@ REPORTS_DIR = "_reports"
 VIS_PX = 192      # display size of a unit's main visualizations (CSS px)
 DIV_PX = 120      # of each diversity image
 EX_PX = 96        # of a dataset example
+SIDE_EX_PX = 60   # of a top photo under a unit and its starting network's (three to a row of VIS_PX)
 THUMB_PX = 72     # of a layer-grid thumbnail (the file is 64 px; shown a little larger)
 CLASS_PX = 160
 
@@ -140,6 +141,13 @@ class ModelView:
     def classes(self) -> list[int]:
         return sorted(unit for (layer, unit, kind) in self.panels if layer == "" and kind == CLASS_VIS)
 
+    def baseline(self, manifest: Manifest) -> "ModelView | None":
+        """The view of the starting network shown beside this one's units (None: none, or not built)."""
+        entry = self.info.get("baseline")
+        if not entry or manifest.model(entry["slug"]) is None:
+            return None
+        return ModelView.load(manifest, entry["slug"])
+
     def reports(self) -> list[Panel]:
         """Report panels (``report:<name>``), by name."""
         return sorted((p for (layer, _u, kind), p in self.panels.items() if layer == "" and kind.startswith(REPORT)),
@@ -161,10 +169,12 @@ def build_settings(view: ModelView) -> dict | None:
 
 
 # -- unit page ---------------------------------------------------------------------------------------
-def unit_page(view: ModelView, layer: str, unit: int, extra: dict[str, Panel] | None = None) -> str:
+def unit_page(view: ModelView, layer: str, unit: int, extra: dict[str, Panel] | None = None,
+              baseline: ModelView | None = None) -> str:
     """The page of one unit. Unbuilt panels show a placeholder (and, under ``featviz serve``,
     are rendered on demand by the page's script). ``extra``: panels to show that the
-    manifest does not hold (the server adds the dataset examples of an unbuilt unit)."""
+    manifest does not hold (the server adds the dataset examples of an unbuilt unit).
+    ``baseline``: the starting network, whose same unit the page shows beside this one's."""
     extra = extra or {}
 
     def get(kind):
@@ -189,9 +199,32 @@ def unit_page(view: ModelView, layer: str, unit: int, extra: dict[str, Panel] | 
         diversity=[Path(f).name for f in diversity.files] if diversity is not None else [],
         examples=_examples_view(get(EXAMPLES)), classes=_classes_view(view, layer, get(CLASSES)),
         circuits=_circuits_view(view, layer, get(CIRCUITS)),
+        start=_start_view(view, baseline, layer, unit, get("channel"), get(EXAMPLES)),
         caricature=_caricature_view(get(CARICATURE) or view.panel(layer, -1, CARICATURE), 3),
         live={"steps": settings.get("steps", 32), "size": settings.get("size", 96), "seed": settings.get("seed", 0)},
-        vis_px=VIS_PX, div_px=DIV_PX, ex_px=EX_PX)
+        vis_px=VIS_PX, div_px=DIV_PX, ex_px=EX_PX, side_ex_px=SIDE_EX_PX)
+
+
+def _start_view(view: ModelView, baseline: ModelView | None, layer: str, unit: int, channel: Panel | None,
+                examples: Panel | None) -> dict | None:
+    """This unit and the same unit of the starting network, side by side: each one's channel
+    visualization (same seed and settings) and its top photos by mean activation."""
+    if baseline is None:
+        return None
+
+    def side(v: ModelView, channel: Panel | None, examples: Panel | None, role: str) -> dict:
+        top = examples.info.get("top", []) if examples is not None else []
+        return {"role": role, "name": v.name,
+                "href": site_link(3, f"{v.slug}/{layer_dir(layer)}/{unit}/index.html"),
+                "channel": site_link(3, channel.files[0]) if channel is not None else None,
+                "value": channel.info.get("value") if channel is not None else None,
+                "photos": [{"src": site_link(3, item["file"]),
+                            "title": f"{item['source']}: mean activation {item['value']:.3g}"} for item in top]}
+
+    return {"name": baseline.name, "href": site_link(3, f"{baseline.slug}/index.html"),
+            "sides": [side(view, channel, examples, "this network"),
+                      side(baseline, baseline.panel(layer, unit, "channel"), baseline.panel(layer, unit, EXAMPLES),
+                           "starting network")]}
 
 
 def _neighbours(view: ModelView, layer: str, unit: int, channels: int) -> tuple[dict | None, dict | None]:
@@ -441,13 +474,19 @@ def model_page(view: ModelView) -> str:
                    for (layer, _u, kind), p in sorted(view.panels.items()) if not layer and kind.startswith(COMPARE)]
     all_classes = [{"index": c, "label": view.label(c), "href": f"{class_dir(c)}/index.html"}
                    for c in range(info.get("num_classes") or 0)]
+    cka = view.panel("", -1, BASELINE_CKA)
+    start = None
+    if view.info.get("baseline"):
+        entry = view.info["baseline"]
+        start = {"name": entry["name"], "href": f"../{entry['slug']}/index.html",
+                 "cka": None if cka is None else cka.info | {"src": Path(cka.files[0]).name}}
     report_links = [{"href": f"{REPORTS_DIR}/{p.panel[len(REPORT):]}/index.html", "title": p.info.get("title", p.panel),
                      "summary": p.info.get("summary", "")} for p in reports]
     return render("model.html", title=f"{view.name} - microscope", root="../", page="model", model=view.slug,
                   model_js="model.js", settings=build_settings(view), model_name=view.name,
                   input_size=info.get("input_size"), num_classes=info.get("num_classes"), layers=layers,
                   report_columns=columns, reports=report_links, classes=classes, class_px=CLASS_PX,
-                  all_classes=all_classes, comparisons=comparisons)
+                  all_classes=all_classes, comparisons=comparisons, start=start)
 
 
 def root_page(manifest: Manifest) -> str:
@@ -475,6 +514,7 @@ def write_pages(site: Path, manifest: Manifest, model_slug: str, layers=None, un
     Returns the number of files that changed."""
     classes = layers is None if classes is None else classes
     view = ModelView.load(manifest, model_slug)
+    baseline = view.baseline(manifest)
     base = site / model_slug
     changed = 0
     changed += write_if_changed(site / "index.html", root_page(manifest))
@@ -486,7 +526,8 @@ def write_pages(site: Path, manifest: Manifest, model_slug: str, layers=None, un
     if units is None:
         units = [(layer, u) for layer in layers for u in view.built_units(layer)]
     for layer, u in units:
-        changed += write_if_changed(base / layer_dir(layer) / str(u) / "index.html", unit_page(view, layer, u))
+        changed += write_if_changed(base / layer_dir(layer) / str(u) / "index.html",
+                                    unit_page(view, layer, u, baseline=baseline))
     if classes:
         for c in range(view.info.get("num_classes") or 0):
             changed += write_if_changed(base / class_dir(c) / "index.html", class_page(view, c))

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from typing import Sequence
 
+from .. import names
 from ..errors import FeatvizError
 
 FORMAT = 1  # bump when the meaning of a hash changes
@@ -36,6 +37,7 @@ CLASS_VIS = "class"    # model panel, one per class
 CLASS_PHOTOS = "class_photos"  # model panel: each class's top photos by its logit
 CLASS_UNITS = "class_units"    # model panel per layer: the units that push each class most
 COMPARE = "compare:"           # model panel prefix: compare:<other model's slug>
+BASELINE_CKA = "baseline_cka"  # model panel: CKA by depth to the starting network (``baseline.py``)
 
 # Folder and file names the site uses for itself (never a model or layer folder).
 STATIC_DIR = "static"
@@ -221,15 +223,8 @@ def batch_seed(settings_hash: str, *parts) -> int:
 
 
 # -- names in the site -------------------------------------------------------------------------------
-_SAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def slug(name: str) -> str:
-    """A URL- and file-system-safe folder name for a model or layer (stable, readable)."""
-    s = _SAFE.sub("_", str(name)).strip(".") or "_"
-    if s.startswith("_") or s in RESERVED or s.lower() in RESERVED:
-        s = "x" + s
-    return s
+# A model's or layer's folder in the site: the project's one slug rule, kept clear of the site's own names.
+slug = partial(names.slug, reserved=frozenset(RESERVED))
 
 
 def chunks(items: Sequence, size: int) -> list[list]:

@@ -17,10 +17,10 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..optvis import render, render_units
-from ..optvis.objectives import Objective, Unit, deepdream, logit, spatial
+from ..optvis.objectives import (Objective, Unit, batched_channels, deepdream, diversity, logit, spatial,
+                                 with_relative_term)
 from ..optvis.render import finished
 from .settings import BuildSettings
 
@@ -80,48 +80,16 @@ def grouped_diversity(units: Sequence[tuple[str, int]], per_unit: int, weight: f
                       div_layers: dict[str, str]) -> Objective:
     """Batch element ``i`` maximizes the channel of ``units[i // per_unit]``; the images of
     one unit are pushed apart (minus the mean cosine similarity of their Gram matrices to
-    the group's other images), scaled by ``weight`` x the image's own |activation| so that
-    one weight works for layers whose activations differ by orders of magnitude."""
+    the group's other images, on ``div_layers[layer]``), scaled by ``weight`` x the image's own
+    |activation| so that one weight works for layers whose activations differ by orders of magnitude."""
     units = list(units)
-    n_images = len(units) * per_unit
-    chans_by_layer: dict[str, list[tuple[int, int]]] = {}
-    for i in range(n_images):
-        layer, ch = units[i // per_unit]
-        chans_by_layer.setdefault(layer, []).append((i, ch))
-    needed = list(dict.fromkeys(list(chans_by_layer) + [div_layers[l] for l, _ in units]))
-
-    def fn(acts, n):
-        rows = next(iter(acts.values())).shape[0]
-        views = rows // n
-        dev = next(iter(acts.values())).device
-        act = None
-        for layer, members in chans_by_layer.items():
-            a = spatial(acts, layer)
-            images = torch.tensor([i for i, _ in members], device=dev)
-            chans = torch.tensor([c for _, c in members], device=dev)
-            r = (torch.arange(views, device=dev)[:, None] * n + images[None, :]).flatten()
-            v = a[r, chans.repeat(views)].mean((1, 2))
-            act = (a.new_zeros(rows) if act is None else act).index_add(0, r, v)
-        div = act.new_zeros(rows)
-        group_of = torch.arange(n, device=dev) // per_unit
-        for dlayer in dict.fromkeys(div_layers[l] for l, _ in units):
-            a = spatial(acts, dlayer)
-            c = a.shape[1]
-            flat = a.reshape(rows, c, -1)
-            gram = F.normalize(torch.bmm(flat, flat.transpose(1, 2)).reshape(rows, -1), dim=1)
-            g = gram.reshape(views, n, -1)
-            sim = torch.bmm(g, g.transpose(1, 2))  # (views, n, n)
-            same = (group_of[:, None] == group_of[None, :]) & ~torch.eye(n, dtype=torch.bool, device=dev)
-            # only the groups whose unit measures diversity on this layer
-            uses = torch.tensor([div_layers[units[i // per_unit][0]] == dlayer for i in range(n)], device=dev)
-            mean_sim = (sim * same).sum(-1) / (per_unit - 1)
-            div = div - (mean_sim * uses).reshape(rows)
-        return act + weight * act.detach().abs() * div
-
+    channels = batched_channels([unit for unit in units for _ in range(per_unit)])
+    apart = diversity([div_layers[layer] for layer, _ in units], group_size=per_unit)
+    combined = with_relative_term(channels, apart, weight)
     # The images are compared within each view (random crop) only, never across views, and the
     # render loop splits a big batch into groups of *whole views* (every image once per view): so
     # the loop may evaluate it in groups, which keeps CPU passes at a cache-friendly size.
-    return Objective(fn, needed, f"{len(units)} units x {per_unit} diverse images",
+    return Objective(combined.fn, combined.layers, f"{len(units)} units x {per_unit} diverse images",
                      [Unit(l, c) for l, c in units], rowwise=True)
 
 

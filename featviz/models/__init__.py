@@ -29,7 +29,7 @@ from .spec import is_spec_path, load_spec
 DEFAULT_MODEL = "efficientnet_lite0"
 
 __all__ = ["load", "from_module", "available", "register", "registered", "unregister", "with_weights",
-           "is_model_reference",
+           "is_model_reference", "reference", "load_reference",
            "ModelOrganism", "LayerInfo", "LOGITS", "DEFAULT_MODEL", "imagenet_labels"]
 
 
@@ -98,6 +98,36 @@ def load(name: str | os.PathLike | ModelOrganism = DEFAULT_MODEL, device: str | 
     else:
         organism = create_base(name)
     return organism.to(device) if device is not None else organism
+
+
+def reference(organism: ModelOrganism) -> dict:
+    """What a site or an example store records to load ``organism`` again by itself: its name, its
+    weights digest and, for a network loaded from a model spec, the spec's absolute path (a spec's
+    name is no model name: without the path, a later ``featviz serve`` could not find it)."""
+    ref = {"name": organism.name, "weights": organism.weights_digest()}
+    if organism.source:
+        ref["spec"] = organism.source
+    return ref
+
+
+def load_reference(ref: dict, device: str | torch.device | None = None, where: str = "this") -> ModelOrganism:
+    """Load the organism ``ref`` (``reference``'s record) names, and check it has the recorded weights.
+    One clear line when its spec moved or its weights changed; ``where`` names who recorded it
+    (e.g. "the site microscope")."""
+    spec = ref.get("spec")
+    if spec and not Path(spec).is_file():
+        raise FeatvizError(f"{where} was built from the model spec {spec}, which is no longer there (moved or "
+                           "deleted?); give the spec by its new path instead")
+    if not spec and ref["name"] not in registered() and not ref["name"].startswith(("torchvision:", "timm:")):
+        raise FeatvizError(f"{where} was built from {ref['name']!r}, which is no model name featviz knows and "
+                           "no spec was recorded; give the model itself (a name or a spec path)")
+    organism = load(spec or ref["name"], device=device)
+    recorded = ref.get("weights")
+    if recorded and organism.weights_digest() != recorded:
+        raise FeatvizError(f"{where} was built from {spec or ref['name']} with other weights (digest {recorded[:12]}, "
+                           f"now {organism.weights_digest()[:12]}): its weights changed since; rebuild, or give a spec "
+                           "of the original weights")
+    return organism
 
 
 def is_model_reference(text) -> bool:

@@ -128,19 +128,38 @@ class Objective:
         return Objective(lambda acts, n: torch.stack([term(acts, n) for term in terms]).sum(0), layers,
                          description, units, all(term.rowwise for term in terms))
 
-    def only(self, index: int) -> "Objective":
-        """Count this objective for batch element ``index`` alone (zero elsewhere)."""
+    def only(self, index: int | Sequence[int]) -> "Objective":
+        """Count this objective for batch element ``index`` alone, or for the elements of a list of
+        indices (zero elsewhere)."""
+        chosen = index if isinstance(index, int) else sorted(set(index))
+
         def fn(acts, n):
             value = self(acts, n)
-            mask = (torch.arange(value.shape[0], device=value.device) % n) == index
+            image_of_row = torch.arange(value.shape[0], device=value.device) % n
+            if isinstance(chosen, int):
+                mask = image_of_row == chosen
+            else:
+                mask = torch.isin(image_of_row, torch.tensor(chosen, dtype=torch.long, device=value.device))
             return value * mask
-        return Objective(fn, self.layers, f"{self.description} [image {index}]", self.units, self.rowwise)
+        which = f"image {chosen}" if isinstance(chosen, int) else f"images {_ranges(chosen)}"
+        return Objective(fn, self.layers, f"{self.description} [{which}]", self.units, self.rowwise)
 
     def __repr__(self):
         return f"Objective({self.description!r}, layers={list(self.layers)})"
 
     def __str__(self):
         return self.description
+
+
+def _ranges(indices: Sequence[int]) -> str:
+    """Sorted indices as short runs: [0, 1, 2, 5] -> '0-2, 5'."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def _paren(o: Objective) -> str:
@@ -229,26 +248,81 @@ def direction(layer: str, vector: Sequence[float] | torch.Tensor) -> Objective:
     return Objective(fn, [layer], f"direction in {layer} ({unit_vec.numel()}-d)", [Unit(layer)])
 
 
-def diversity(layer: str) -> Objective:
-    """Push the images of a batch apart: minus each image's mean cosine similarity
-    of its Gram (style) matrix to the other images'. Add it, scaled, to another
-    objective to get several different solutions for one unit."""
+def _gram_similarity(acts: Activations, layer: str, images: int) -> torch.Tensor:
+    """Cosine similarity of the images' Gram (style) matrices on ``layer``, within each view:
+    (views, images, images) for the crop-major layout of the module docstring."""
+    a = spatial(acts, layer)
+    rows, c = a.shape[:2]
+    flat = a.reshape(rows, c, -1)
+    gram = torch.bmm(flat, flat.transpose(1, 2)).reshape(rows, -1)
+    gram = F.normalize(gram, dim=1)
+    g = gram.reshape(rows // images, images, -1)
+    return torch.bmm(g, g.transpose(1, 2))
+
+
+def diversity(layer: str | Sequence[str], group_size: int | None = None) -> Objective:
+    """Push images apart: minus each image's mean cosine similarity of its Gram (style) matrix to the
+    other images'. Add it, scaled, to another objective to get several different solutions for one unit
+    (``with_relative_term`` scales it by that objective's own size).
+
+    ``group_size``: compare each image only with the other images of its group, the consecutive runs of
+    ``group_size`` images (several units, several images each, in one batch); None: the whole batch is
+    one group. ``layer`` may then be a list with one layer per group, for groups whose layers differ."""
+    if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int)
+                                   or group_size < 2):
+        raise FeatvizError(f"diversity groups need at least 2 images each, got group_size={group_size!r}")
+    if not isinstance(layer, str):
+        return _diversity_per_group(list(layer), group_size)
+
     def fn(acts, n):
-        a = spatial(acts, layer)
-        rows, c = a.shape[:2]
-        if n < 2:
-            return a.new_zeros(rows)
-        flat = a.reshape(rows, c, -1)
-        gram = torch.bmm(flat, flat.transpose(1, 2)).reshape(rows, -1)
-        gram = F.normalize(gram, dim=1)
-        crops = rows // n
-        g = gram.reshape(crops, n, -1)  # crop-major layout, see module docstring
-        sim = torch.bmm(g, g.transpose(1, 2))  # (crops, n, n)
-        off_diag = sim.sum(-1) - sim.diagonal(dim1=1, dim2=2)
-        return -(off_diag / (n - 1)).reshape(rows)
+        rows = spatial(acts, layer).shape[0]
+        if group_size is None and n < 2:
+            return acts[layer].new_zeros(rows)
+        if group_size is not None and n % group_size:
+            raise FeatvizError(f"diversity in groups of {group_size} images, but the batch has {n} images")
+        sim = _gram_similarity(acts, layer, n)  # (views, n, n)
+        if group_size is None:
+            off_diag = sim.sum(-1) - sim.diagonal(dim1=1, dim2=2)
+            return -(off_diag / (n - 1)).reshape(rows)
+        group = torch.arange(n, device=sim.device) // group_size
+        same_group = (group[:, None] == group[None, :]) & ~torch.eye(n, dtype=torch.bool, device=sim.device)
+        return -((sim * same_group).sum(-1) / (group_size - 1)).reshape(rows)
     # Images are compared within one view (crop-major groups), so the render
     # loop may still evaluate views in groups: rowwise in the sense it needs.
-    return Objective(fn, [layer], f"diversity {layer}", [Unit(layer)], rowwise=True)
+    groups = "" if group_size is None else f", in groups of {group_size}"
+    return Objective(fn, [layer], f"diversity {layer}{groups}", [Unit(layer)], rowwise=True)
+
+
+def _diversity_per_group(group_layers: list[str], group_size: int | None) -> Objective:
+    """Diversity where group ``g`` (images ``g * group_size`` onwards) is measured on ``group_layers[g]``:
+    one term per distinct layer, each counted for the images of the groups that use it."""
+    if group_size is None or not group_layers:
+        raise FeatvizError("diversity with one layer per group needs a group_size and at least one layer")
+    n_images = len(group_layers) * group_size
+    layers = list(dict.fromkeys(group_layers))
+    combined = Objective.sum([diversity(layer, group_size).only([i for i in range(n_images)
+                                                                 if group_layers[i // group_size] == layer])
+                              for layer in layers])
+
+    def fn(acts, n):
+        if n != n_images:
+            raise FeatvizError(f"diversity of {len(group_layers)} groups of {group_size} images, but the batch has "
+                               f"{n} images")
+        return combined(acts, n)
+    return Objective(fn, combined.layers, f"diversity in {len(group_layers)} groups of {group_size} on "
+                     f"{', '.join(layers)}", combined.units, combined.rowwise)
+
+
+def with_relative_term(main: Objective, term: Objective, weight: float) -> Objective:
+    """``main + weight * |main| * term``, with ``|main|`` held constant (not differentiated): the term
+    counts relative to each image's own value of ``main``, so one weight suits layers whose activations
+    differ by orders of magnitude (e.g. a diversity term beside a unit's activation)."""
+    def fn(acts, n):
+        value = main(acts, n)
+        extra = term(acts, n)
+        return value + weight * value.detach().abs() * extra
+    return Objective(fn, main.layers + term.layers, f"{main.description} + {weight:g} * |main| * {_paren(term)}",
+                     main.units + term.units, main.rowwise and term.rowwise)
 
 
 def batched_channels(layer_channels: Sequence[tuple[str, int]], kind: str = "channel") -> Objective:

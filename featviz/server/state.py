@@ -65,7 +65,8 @@ class SiteState:
     """The site being served: cached manifest views, the models for on-demand renders, the queue."""
 
     def __init__(self, site, model=None, limits: Limits | None = None, clock: Clock = time.monotonic):
-        from ..models import ModelOrganism
+        from ..models import ModelOrganism, load
+        from ..models.spec import is_spec_path
 
         self.site = Path(site).resolve()
         if not (self.site / MANIFEST_NAME).is_file():
@@ -81,6 +82,10 @@ class SiteState:
         self._view_lock = threading.Lock()
         if isinstance(model, ModelOrganism):
             self._models[slug(model.name)] = model
+        elif isinstance(model, str) and is_spec_path(model):
+            # a spec's site folder is named after the network the spec names, not after the file
+            organism = load(model)
+            self._models[slug(organism.name)] = organism
         elif isinstance(model, str):
             self._names[slug(model)] = model
         elif isinstance(model, dict):
@@ -134,14 +139,16 @@ class SiteState:
     def model(self, model_slug: str, view: ModelView):
         with self._model_lock:
             if model_slug not in self._models:
-                from ..models import load
+                from ..models import load, load_reference
 
-                name = self._names.get(model_slug, view.name)
+                name = self._names.get(model_slug)
                 try:
-                    self._models[model_slug] = load(name)
+                    # Without --model: what the build recorded (the spec's path for a network from a spec).
+                    self._models[model_slug] = (load(name) if name else
+                                                load_reference(view.info, where=f"the site's {view.name}"))
                 except FeatvizError as exc:
-                    raise FeatvizError(f"cannot load the model {name!r} to render on demand: {exc} "
-                                       "(start featviz serve with --model)") from None
+                    raise FeatvizError(f"cannot load the model {name or view.name!r} to render on demand: {exc}"
+                                       + (" (start featviz serve with --model)" if name else "")) from None
             return self._models[model_slug]
 
     # -- rendering -------------------------------------------------------------------------------------------------
@@ -267,7 +274,9 @@ class SiteState:
         unit = int(parts[2])
         if unit >= view.layer_info(layer)["channels"]:
             return None
-        return unit_page(view, layer, unit, extra=self.stored_examples(view, layer, unit))
+        entry = view.info.get("baseline")
+        baseline = self.view(entry["slug"]) if entry else None
+        return unit_page(view, layer, unit, extra=self.stored_examples(view, layer, unit), baseline=baseline)
 
     def stored_examples(self, view: ModelView, layer: str, unit: int) -> dict:
         """The dataset examples of an unbuilt unit, when the site's example store covers its layer."""

@@ -9,10 +9,11 @@
 The fine-tuning report (``featviz report finetune``) lives with the other reports.
 """
 from .cka import gram, linear_cka, linear_cka_from_grams
-from .finetune import TrainResult, TrainSettings, checkpoints, finetune, load_checkpoint, prepare, read_run, train
+from .finetune import (TrainResult, TrainSettings, checkpoints, finetune, load_checkpoint, prepare, read_run, run_of_spec,
+                       start_spec, train)
 
 __all__ = ["finetune", "train", "prepare", "TrainSettings", "TrainResult", "checkpoints", "load_checkpoint",
-           "read_run", "linear_cka", "linear_cka_from_grams", "gram", "evolve"]
+           "read_run", "run_of_spec", "start_spec", "linear_cka", "linear_cka_from_grams", "gram", "evolve"]
 
 
 def __getattr__(name):

@@ -22,6 +22,7 @@ import torch
 
 from ..errors import FeatvizError
 from ..imageio import atomic_write, grid, output_folder, save_gif, save_png
+from ..names import slug
 from .cka import label_cka_axes, layer_grams, linear_cka_from_grams
 from .finetune import checkpoints, load_checkpoint, read_run
 
@@ -73,10 +74,6 @@ def probe_images(run_dir: Path) -> tuple[torch.Tensor, list[str]]:
     return torch.stack(images), [rel.split("/")[0] for rel, _size in files]
 
 
-def _slug(unit: tuple[str, int]) -> str:
-    return f"{unit[0]}_{unit[1]}".replace("/", "_")
-
-
 def evolve(run, units: Sequence[tuple[str, int]], out, settings: EvolveSettings = EvolveSettings(), *,
            progress: bool = False, log: Callable[[str], None] | None = None) -> dict:
     """Render ``units`` at every checkpoint of ``run`` (start first), write per unit a filmstrip
@@ -95,7 +92,7 @@ def evolve(run, units: Sequence[tuple[str, int]], out, settings: EvolveSettings 
     out = output_folder(out)  # one line when it cannot be made (a file in the way, no permission)
     images, _classes = probe_images(run_dir)
     frames: dict[tuple[str, int], list] = {u: [] for u in units}
-    objective_values: dict[tuple[str, int], list[float]] = {u: [] for u in units}
+    own_values: dict[tuple[str, int], list[float]] = {u: [] for u in units}
     cka: list[dict] = []
     start_grams = None
     layers: list[str] = []
@@ -114,7 +111,12 @@ def evolve(run, units: Sequence[tuple[str, int]], out, settings: EvolveSettings 
                                         steps=settings.steps, recipe=settings.recipe, seed=settings.seed))
         for unit, res in zip(units, results):
             frames[unit].append(res.pil())
-            objective_values[unit].append(float(res.settings.get("final_objective", float("nan"))))
+        # each unit's own figure (the render's objective is the batch's total): its mean activation on its frame
+        pictures = torch.stack([_pixels(frames[unit][-1]) for unit in units]).to(organism.device)
+        with torch.no_grad():
+            acts = organism.activations(pictures, sorted({layer for layer, _ in units}))
+        for i, (layer, unit) in enumerate(units):
+            own_values[(layer, unit)].append(round(float(acts[layer][i, unit].float().mean()), 4))
         grams = layer_grams(organism, images, layers)
         if start_grams is None:
             start_grams = grams
@@ -128,25 +130,72 @@ def evolve(run, units: Sequence[tuple[str, int]], out, settings: EvolveSettings 
               "settings": asdict(settings), "units": [], "checkpoints": cka, "layers": layers,
               "probe_images": int(images.shape[0])}
     for unit in units:
-        slug = _slug(unit)
+        unit_name = slug(f"{unit[0]}_{unit[1]}")
         meta = {"kind": "evolve", "run": str(run_dir), "unit": f"{unit[0]}:{unit[1]}", "steps_of_training": steps,
                 **asdict(settings)}
         # Captions: the training step alone (grid cuts a caption to the tile width; "step" fits no 32 px tile).
         strip = grid(frames[unit], columns=len(frames[unit]), labels=[str(s) for s in steps])
-        save_png(strip, out / f"filmstrip_{slug}.png", meta)
-        save_gif(frames[unit], out / f"evolve_{slug}.gif", settings.gif_ms, meta)
-        record["units"].append({"unit": f"{unit[0]}:{unit[1]}", "filmstrip": f"filmstrip_{slug}.png",
-                                "gif": f"evolve_{slug}.gif", "final_objective": objective_values[unit]})
+        save_png(strip, out / f"filmstrip_{unit_name}.png", meta)
+        save_gif(frames[unit], out / f"evolve_{unit_name}.gif", settings.gif_ms, meta)
+        record["units"].append({"unit": f"{unit[0]}:{unit[1]}", "filmstrip": f"filmstrip_{unit_name}.png",
+                                "gif": f"evolve_{unit_name}.gif", "activation": own_values[unit]})
+    _cross_activations(run_dir, points[0]["file"], points[-1]["file"], frames, record)
     _examples(run_dir, points[0]["file"], points[-1]["file"], units, out, settings, images.shape[-1], record, say)
     cka_figure(record, out / "cka_by_depth.png")
     last = cka[-1]["cka"]
     record["summary"] = [f"CKA to the start after {steps[-1]} steps: {layers[0]} {last[layers[0]]:.3f}, "
                          f"{layers[-1]} {last[layers[-1]]:.3f} (lowest: "
                          f"{min(last, key=last.get)} {min(last.values()):.3f})"]
-    record["summary"] += [f"{u['unit']}: {u['filmstrip']}, {u['gif']}, {u['examples']}" for u in record["units"]]
+    record["summary"] += [f"{u['unit']}: {u['filmstrip']}, {u['gif']}, {u['examples']}; {u['cross']['reading']}"
+                          for u in record["units"]]
     text = json.dumps(record, indent=2) + "\n"
     atomic_write(out / "evolve.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return record
+
+
+def _pixels(picture) -> torch.Tensor:
+    """A frame as the network sees it once saved: (3, H, W) in [0, 1] from its 8-bit pixels."""
+    return torch.from_numpy(np.asarray(picture.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+@torch.no_grad()
+def _cross_activations(run_dir: Path, first: str, last: str, frames: dict, record: dict) -> None:
+    """Each unit's mean activation in the start and the end network on the first and the last frame.
+
+    With the same seed, a small change of the weights can still send the optimization elsewhere, so two
+    frames that look different may show the same feature. The cross figures tell: if the start network
+    likes the end frame about as much as its own, the feature is unchanged and the difference is the
+    optimizer's; if it likes it much less, the feature changed. A unit the end network cannot raise
+    (about 0 on its own frame) is off, and its frames show nothing."""
+    networks = {"start": load_checkpoint(run_dir, first), "end": load_checkpoint(run_dir, last)}
+    for (layer, unit), entry in zip(frames, record["units"]):
+        x = torch.stack([_pixels(frames[(layer, unit)][0]), _pixels(frames[(layer, unit)][-1])])
+        values = {}
+        for name, organism in networks.items():
+            act = organism.activations(x.to(organism.device), [layer])[layer][:, unit].float()
+            values[name] = [round(float(a.mean()), 4) for a in act]
+        cross = {"start_on_start": values["start"][0], "start_on_end": values["start"][1],
+                 "end_on_start": values["end"][0], "end_on_end": values["end"][1]}
+        own_start, own_end = cross["start_on_start"], cross["end_on_end"]
+        own = entry["activation"]
+        if len(own) > 1 and own_end > 1e-3 and max(own) - min(own) <= 1e-3 * max(1.0, abs(max(own))):
+            reading = (f"reaches the same activation {own_end:.3g} in every checkpoint: a ceiling (such as ReLU6), "
+                       "where every image that saturates it is as good, so the frames cannot show a change; "
+                       "render the layer before its activation (e.g. head.conv instead of head)")
+        elif own_end <= 1e-3:
+            reading = "off in the final network (it cannot be raised): its last frames show nothing"
+        elif own_start <= 1e-3:
+            reading = "off in the starting network: its first frames show nothing"
+        else:
+            kept = cross["start_on_end"] / own_start
+            back = cross["end_on_start"] / own_end
+            verdict = ("the renders are not converged (a network rates the other's frame above its own): "
+                       "give more --steps" if max(kept, back) > 1.05 else
+                       "the feature changed" if min(kept, back) < 0.8 else
+                       "about the same feature (differences between frames are mostly the optimizer's)")
+            reading = (f"the start network rates the end frame at {kept:.0%} of its own, the end network the "
+                       f"start frame at {back:.0%} of its own: {verdict}")
+        entry["cross"] = cross | {"reading": reading}
 
 
 def _examples(run_dir: Path, first: str, last: str, units, out: Path, settings: EvolveSettings, size: int,
@@ -171,7 +220,7 @@ def _examples(run_dir: Path, first: str, last: str, units, out: Path, settings: 
         blank = next(im for im in rows if im is not None).copy()
         blank.paste((255, 255, 255), (0, 0, blank.width, blank.height))
         sheet = grid([im if im is not None else blank for im in rows], columns=settings.k, labels=labels)
-        name = f"examples_{_slug(unit)}.png"
+        name = f"examples_{slug(f'{unit[0]}_{unit[1]}')}.png"
         save_png(sheet, out / name, {"kind": "evolve-examples", "unit": entry["unit"], "rows": ["start", "end"]})
         entry["examples"] = name
     for store in stores.values():
@@ -179,8 +228,10 @@ def _examples(run_dir: Path, first: str, last: str, units, out: Path, settings: 
     say(f"top {settings.k} held-out examples at the start and the end: examples_*.png")
 
 
-def cka_figure(record: dict, path: Path) -> Path:
-    """CKA to the starting network by depth, one line per checkpoint, coloured by training step."""
+def cka_figure(record: dict, path: Path, title: str | None = None) -> Path:
+    """CKA to the starting network by depth, one line per checkpoint, coloured by training step
+    (``record``: ``layers``, ``checkpoints`` with ``step`` and ``cka`` per layer, ``probe_images``,
+    and for the default title ``base`` and ``from_scratch``)."""
     from ..figures import new_figure, save_figure
 
     layers = record["layers"]
@@ -196,11 +247,13 @@ def cka_figure(record: dict, path: Path) -> Path:
     for point in points:
         ax.plot(x, [point["cka"][name] for name in layers], marker="o", ms=3, lw=1.4,
                 color=cmap(norm(point["step"])))
-    mappable = cm.ScalarMappable(norm=norm, cmap=cmap)
-    fig.colorbar(mappable, ax=ax, label="training step of the checkpoint")
+    if len(points) > 1:  # one network alone has no training time to colour by
+        fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="training step of the checkpoint")
     label_cka_axes(ax, layers)
-    kind = "from scratch" if record.get("from_scratch") else "from ImageNet weights"
-    ax.set_title(f"{record['base']} fine-tuned {kind}: similarity to the start on {record['probe_images']} "
-                 "held-out images", fontsize=9)
+    if title is None:
+        kind = "from scratch" if record.get("from_scratch") else "from ImageNet weights"
+        title = (f"{record['base']} fine-tuned {kind}: similarity to the start on {record['probe_images']} "
+                 "held-out images")
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)

@@ -9,6 +9,7 @@ A run folder holds::
     run.json              what was trained, on what, with which settings (the run's identity)
     labels.txt            one class name per line
     model.toml            a model spec: base network + the final weights (``featviz render RUN/model.toml ...``)
+    start.toml            the same spec with the starting weights (``checkpoints/start.pt``), named ``<run>@start``
     metrics.json          loss and accuracy per epoch, held-out accuracy, the checkpoints
     checkpoints/*.pt      state dicts: start.pt (before training), step-NNNNNN.pt
     resume.pt             the last checkpoint's full state: weights, optimizer, RNG states, epoch and step
@@ -358,6 +359,7 @@ def finetune(model, data_dir=None, out=None, settings: TrainSettings = TrainSett
         result = train(model, split, settings, run_dir, progress, say)
         final = result.metrics["checkpoints"][-1]["file"]
         write_spec(run_dir, model, final, split.train.images.shape[-1])
+        start_spec(run_dir)
         _write_json(run_dir / "metrics.json", result.metrics)
     say(f"held-out accuracy {result.heldout_accuracy:.3f}; wrote {run_dir / 'model.toml'}")
     return result
@@ -381,6 +383,42 @@ def checkpoints(run_dir) -> list[dict]:
         raise FeatvizError(f"{run_dir} has no metrics.json yet: run featviz finetune to the end first")
     found = json.loads(metrics_path.read_text(encoding="utf-8"))["checkpoints"]
     return [c for c in sorted(found, key=lambda c: c["step"]) if (run_dir / c["file"]).is_file()]
+
+
+START_SPEC = "start.toml"
+
+
+def run_of_spec(spec) -> Path | None:
+    """The run folder when ``spec`` is the ``model.toml`` that ``featviz finetune`` wrote into it, else None."""
+    if spec is None:
+        return None
+    path = Path(spec)
+    folder = path.parent
+    if path.name != "model.toml" or not (folder / "run.json").is_file() or not (folder / "checkpoints").is_dir():
+        return None
+    return folder
+
+
+def start_spec(run_dir) -> Path:
+    """``RUN/start.toml``: the run's model spec with its starting weights (``checkpoints/start.pt``: the
+    ImageNet body and the new classifier as initialized, or the random network of a from-scratch
+    run), named ``<run>@start``. Written when missing (runs made before featviz wrote it)."""
+    from ..models.spec import read_spec
+
+    run_dir = Path(run_dir)
+    read_run(run_dir)
+    path = run_dir / START_SPEC
+    if path.is_file():
+        return path
+    if not (run_dir / "checkpoints" / "start.pt").is_file():
+        raise FeatvizError(f"{run_dir} has no starting checkpoint (checkpoints/start.pt)")
+    spec = read_spec(run_dir / "model.toml")
+    spec |= {"name": f"{spec.get('name', run_dir.resolve().name)}@start", "weights": "checkpoints/start.pt"}
+    # every value of a run's spec (strings, numbers, lists of them) is written the same in JSON and TOML
+    lines = ["# Written by featviz: the network this run started from, as a model spec."]
+    lines += [f"{key} = {json.dumps(value)}" for key, value in spec.items()]
+    text = "\n".join(lines) + "\n"
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def load_checkpoint(run_dir, checkpoint: str) -> ModelOrganism:

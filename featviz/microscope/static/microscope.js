@@ -72,14 +72,25 @@
     location.href = page_(base + "classes/" + c + "/");
   }
 
+  // A model by its name or its folder: the page's own links, whose folders the build named (one slug rule,
+  // in Python), never a folder name guessed here.
+  function goModel(text) {
+    var links = document.querySelectorAll("ul.models a"), low = text.toLowerCase();
+    for (var i = 0; i < links.length; i++) {
+      var href = links[i].getAttribute("href"), folder = href.split("/")[0];
+      if (links[i].textContent.toLowerCase() === low || folder.toLowerCase() === low) {
+        location.href = page_(folder + "/"); return;
+      }
+    }
+    say("no model " + text + " in this site");
+  }
+
   function jump(text) {
     text = text.trim();
     var m;
     say("");
     if (!text) { return; }
-    if (page === "root") {
-      location.href = page_(text.replace(/[^A-Za-z0-9._-]/g, "_") + "/"); return;
-    }
+    if (page === "root") { goModel(text); return; }
     if ((m = /^(?:class\s*:?\s*(.+)|c(\d+))$/i.exec(text)) && !findLayer(text.split(":")[0])) {
       var want = (m[1] || m[2]).trim(), c = findClass(want);
       if (c < 0) { say("no class matches " + want); return; }
