@@ -9,7 +9,7 @@ from featviz.optvis import objectives as O
 from featviz.optvis import render, render_units
 from featviz.optvis.objectives import Objective, parse
 from featviz.optvis.param import FourierParam, MacoParam, PixelParam
-from featviz.optvis.transforms import LUCID, MULTI_CROP, Jitter, Pad, RandomAffine
+from featviz.optvis.transforms import CLASS_CROPS, LUCID, MULTI_CROP, Jitter, Pad, RandomAffine, TransformSpec
 
 
 # -- objectives -------------------------------------------------------------------
@@ -144,6 +144,30 @@ def test_param_starts_from_photo(cls):
     assert torch.allclose(p(), photo, atol=2e-3)
 
 
+@pytest.mark.parametrize("cls", [PixelParam, FourierParam])
+def test_chroma_scales_colour_not_brightness(cls):
+    """chroma lengthens the two colour-difference directions only: the same variables give the same brightness
+    pattern and livelier colour; a photo start still reproduces the photo."""
+    from featviz.optvis.quality import colourfulness
+
+    plain = cls(1, (32, 32), generator=torch.Generator().manual_seed(0), sd=0.5)
+    lively = cls(1, (32, 32), generator=torch.Generator().manual_seed(0), sd=0.5, chroma=2.0)
+    assert torch.equal(lively.colour[:, 0], plain.colour[:, 0])
+    assert torch.allclose(lively.colour[:, 1:], 2 * plain.colour[:, 1:])
+    with torch.no_grad():
+        assert colourfulness(lively()) > 1.5 * colourfulness(plain())
+    photo = torch.rand(1, 3, 32, 32) * 0.8 + 0.1
+    assert torch.allclose(cls(1, (32, 32), init=photo, chroma=2.0)(), photo, atol=2e-3)
+    for bad in (0, -1.0, True, "2", float("nan")):
+        with pytest.raises(FeatvizError, match="chroma"):
+            cls(1, (32, 32), chroma=bad)
+
+
+def test_recipe_chroma_reaches_the_parameterization(tiny):
+    res = render(tiny, "logit:2", size=32, steps=2, recipe="quick", chroma=1.5)
+    assert res.settings["recipe"]["chroma"] == 1.5
+
+
 def test_maco_keeps_the_spectrum():
     g = torch.Generator().manual_seed(0)
     p = MacoParam(1, (32, 32), decorrelate=False, generator=g)
@@ -171,6 +195,11 @@ def test_transforms_shapes_and_seeds():
     for spec in (LUCID, MULTI_CROP):
         out = spec.build(32)(x, torch.Generator().manual_seed(0))
         assert out.shape == (2 * spec.views, 3, 32, 32)
+    # The class views are resampled to 0.8 of the canvas side.
+    views = CLASS_CROPS.build(40)(torch.rand(2, 3, 40, 40), torch.Generator())
+    assert views.shape == (2 * CLASS_CROPS.views, 3, 32, 32)
+    with pytest.raises(FeatvizError, match="view_side"):
+        TransformSpec("bad", view_side=0).build(32)
 
 
 def test_transforms_are_differentiable():

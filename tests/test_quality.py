@@ -97,8 +97,10 @@ def test_lite0_unit_render_holds_at_another_scale(lite0):
 
 
 @pytest.mark.slow
-def test_lite0_class_render_moves_prediction_at_another_scale(lite0):
-    res = render(lite0, "logit:309", size=160, steps=24, recipe="quick")  # bee
+@pytest.mark.parametrize("recipe", ["quick", "auto"])  # auto: the class recipe, short
+def test_lite0_class_render_moves_prediction_at_another_scale(lite0, recipe):
+    res = render(lite0, "logit:309", size=160, steps=24, recipe=recipe, lr=0.08)  # bee
+    assert res.settings["recipe"]["name"] == {"quick": "quick", "auto": "classes"}[recipe]
     for scale in (1.25, 1.4):  # 200 and 224 px: the network pools globally, so any size is a valid input
         seen = shift(resize(to_8bit(res.images), scale), 4, 4)
         top = lite0.predict(seen, k=5)[0]

@@ -20,13 +20,13 @@ def recipe_options(f):
     """Options shared by every rendering command (they override the recipe)."""
     options = [
         click.option("--recipe", type=click.Choice(["auto", *RECIPES]), default="auto", show_default=True,
-                     help="preset of steps, lr, parameterization and transforms; auto: 'default' (multi-crop) "
+                     help="preset of steps, lr, parameterization and transforms; auto: 'classes' (multi-crop) "
                           "for classes, 'robust' (random zoom) for units"),
         click.option("--steps", type=click.IntRange(1, 100_000), default=None, help="optimization steps"),
         click.option("--lr", type=float, default=None, help="learning rate"),
         click.option("--param", type=click.Choice(["fourier", "pixel", "maco"]), default=None,
                      help="image parameterization"),
-        click.option("--transforms", type=click.Choice(["multicrop", "lucid", "none"]), default=None,
+        click.option("--transforms", type=click.Choice(["multicrop", "classcrops", "lucid", "none"]), default=None,
                      help="robustness transforms"),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--size", type=click.IntRange(16, 4096), default=None,

@@ -4,7 +4,7 @@ Two presets: ``quick`` (a newcomer's first look: 3 layers x 8 units, 64 steps at
 96 px, the embedded demo photos) and ``full`` (6 layers spanning the depth,
 every unit, 256 steps at 128 px, 32 units per render batch). Both use the ``auto`` recipe: view-robust
 random zoom for units (images that keep their activation when the page shows
-them at another size), multi-crop for class images. Any field can be overridden.
+them at another size), the multi-crop ``classes`` recipe for class images. Any field can be overridden.
 
 Every panel of the site (a unit's channel visualization, its dataset examples, a
 layer's DeepDream...) has a *settings hash*: a digest of exactly what its

@@ -14,7 +14,7 @@ parameterization (``param``)
     (N, 3, H, W) in [0, 1] (N, 4, H, W with ``alpha``). An ``nn.Module`` whose
     ``forward()`` takes no input is one. A built one fixes the batch and size.
 transforms
-    a name in ``transforms.PRESETS`` (multicrop | lucid | none) or a
+    a name in ``transforms.PRESETS`` (multicrop | classcrops | lucid | zoom | none) or a
     ``TransformSpec`` (their pixel sizes scale with the image); or any callable
     ``t(images, generator) -> views`` (an ``nn.Module`` or a function; one
     that takes only the images is called without the generator, so its
@@ -88,12 +88,14 @@ def describe(value):
 # -- parameterization ---------------------------------------------------------------------
 
 def build_param(param, batch: int, size: int, *, generator: torch.Generator, device: torch.device,
-                decorrelate: bool, decay: float, alpha: bool, init: torch.Tensor | None):
+                decorrelate: bool, decay: float, alpha: bool, init: torch.Tensor | None, chroma: float = 1.0):
     """The parameterization a recipe names or makes (a built one is returned as is; see ``check_built_param``)."""
     if is_built_param(param):
         return param
     factory = PARAMETERIZATIONS[param] if isinstance(param, str) else param
     extra = {"decay": decay} if param == "fourier" else {}
+    if chroma != 1.0:  # only then, so that parameterizations of your own need not take it
+        extra["chroma"] = chroma
     return factory(batch, (size, size), generator=generator, device=device, decorrelate=decorrelate, alpha=alpha,
                    init=init, **extra)
 

@@ -55,15 +55,22 @@ class ImageParam(nn.Module):
     """Base: subclasses produce unconstrained "pre-image" values ``raw()``; this
     class maps them through colour decorrelation and a sigmoid to [0, 1]."""
 
-    def __init__(self, batch: int, size: tuple[int, int], decorrelate: bool, alpha: bool):
+    def __init__(self, batch: int, size: tuple[int, int], decorrelate: bool, alpha: bool, chroma: float = 1.0):
         super().__init__()
         if batch < 1:
             raise FeatvizError("batch must be at least 1")
         if min(size) < 8:
             raise FeatvizError(f"image size must be at least 8 px, got {size}")
+        if not (isinstance(chroma, (int, float)) and not isinstance(chroma, bool) and 0 < chroma <= 10):
+            raise FeatvizError(f"chroma must be a number in (0, 10], got {chroma!r}")
         self.batch, self.size, self.decorrelate, self.alpha = batch, tuple(size), decorrelate, alpha
         self.channels = 4 if alpha else 3
-        self.register_buffer("colour", COLOUR_MATRIX.clone(), persistent=False)
+        colour = COLOUR_MATRIX.clone()
+        # ImageNet's chroma directions carry a tenth of the luminance's variance, so with the measured matrix an
+        # optimizer step moves colour far less than brightness and images come out greyer than photos.
+        # ``chroma`` > 1 lengthens the two colour-difference directions (luminance unchanged).
+        colour[:, 1:] *= chroma
+        self.register_buffer("colour", colour, persistent=False)
 
     def raw(self) -> torch.Tensor:  # (N, C, H, W), unconstrained
         raise NotImplementedError
@@ -98,8 +105,9 @@ class PixelParam(ImageParam):
     """One free variable per pixel and channel."""
 
     def __init__(self, batch=1, size=(128, 128), *, decorrelate=True, alpha=False, sd=0.01,
-                 generator: torch.Generator | None = None, device=None, init: torch.Tensor | None = None):
-        super().__init__(batch, size, decorrelate, alpha)
+                 generator: torch.Generator | None = None, device=None, init: torch.Tensor | None = None,
+                 chroma: float = 1.0):
+        super().__init__(batch, size, decorrelate, alpha, chroma)
         if init is not None:
             value = self._raw_from_image(init.to(device))
         else:
@@ -115,8 +123,9 @@ class FourierParam(ImageParam):
     frequencies (large structures) move as easily as high ones (Lucid's recipe)."""
 
     def __init__(self, batch=1, size=(128, 128), *, decorrelate=True, alpha=False, sd=0.01, decay=1.0,
-                 generator: torch.Generator | None = None, device=None, init: torch.Tensor | None = None):
-        super().__init__(batch, size, decorrelate, alpha)
+                 generator: torch.Generator | None = None, device=None, init: torch.Tensor | None = None,
+                 chroma: float = 1.0):
+        super().__init__(batch, size, decorrelate, alpha, chroma)
         h, w = self.size
         freqs = _frequencies(h, w, device)
         # With an orthonormal FFT and Adam (whose steps are ~lr per variable),
@@ -146,8 +155,8 @@ class MacoParam(ImageParam):
 
     def __init__(self, batch=1, size=(128, 128), *, decorrelate=True, alpha=False, sd=0.01,
                  generator: torch.Generator | None = None, device=None, init: torch.Tensor | None = None,
-                 contrast: float = 1.0):
-        super().__init__(batch, size, decorrelate, alpha)
+                 contrast: float = 1.0, chroma: float = 1.0):
+        super().__init__(batch, size, decorrelate, alpha, chroma)
         if init is not None:
             raise FeatvizError("the 'maco' parameterization cannot start from a photo; use 'fourier' or 'pixel'")
         h, w = self.size

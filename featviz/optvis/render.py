@@ -27,7 +27,7 @@ from .axes import (build_optimizer, build_param, build_schedule, build_transform
                    describe, is_built_param)
 from .dead_units import DeadStartRedirect
 from .objectives import Objective, as_objective, batched_channels
-from .transforms import VIEW_ROBUST, TransformSpec
+from .transforms import CLASS_CROPS, VIEW_ROBUST, TransformSpec
 
 MAX_STEPS = 100_000
 MAX_BATCH = 4096
@@ -58,6 +58,7 @@ class Recipe:
     param: str | Callable = "fourier"
     decorrelate: bool = True
     decay: float = 1.0
+    chroma: float = 1.0  # > 1: colour-difference directions move further per step (livelier colour; param.py)
     transforms: str | TransformSpec | Callable = "multicrop"
     lr_schedule: str | Callable = "cosine"  # constant | cosine (decay to 10 % of lr: settles the fine detail)
     max_rows: int | None = None  # rows (views x images) per forward pass; None: 16 on a CPU, 512 on a GPU
@@ -94,6 +95,10 @@ RECIPES = {
     # (featviz.optvis.quality; benchmarks/bench_render.py, see README). Random zoom 0.75-1.75x with sub-pixel
     # shifts, views of at most 3/4 of the side, a higher learning rate to converge in fewer steps.
     "robust": Recipe("robust", steps=448, lr=0.15, transforms=VIEW_ROBUST),
+    # The default for class objectives (issue 16; benchmarks/bench_render.py, see README): crops of 50-100 % of the
+    # canvas seen at 0.8 of its side (magnifications around 1), 128 steps, and colour-difference directions 1.8x
+    # as mobile as ImageNet's covariance makes them, for photo-like colour.
+    "classes": Recipe("classes", steps=128, lr=0.05, chroma=1.8, transforms=CLASS_CROPS),
     # Quick previews (tests, the microscope's quick mode).
     "quick": Recipe("quick", steps=32, lr=0.08),
 }
@@ -176,7 +181,7 @@ def render(model: ModelOrganism, objective: Objective | str, *, recipe: str | Re
     max_rows = recipe.max_rows or (16 if device.type == "cpu" else 512)
     _check_memory(model, objective, batch, int(getattr(augment, "views", 1)), max_rows, 4 if alpha else 3, size)
     image_param = build_param(recipe.param, batch, size, generator=generator, device=device,
-                              decorrelate=recipe.decorrelate, decay=recipe.decay, alpha=alpha,
+                              decorrelate=recipe.decorrelate, decay=recipe.decay, chroma=recipe.chroma, alpha=alpha,
                               init=_check_init_image(init_image, recipe, batch, device))
     settings = {
         "model": model.name, "objective": objective.description, "size": size, "batch": batch, "seed": seed,
@@ -278,15 +283,16 @@ def resolve_recipe(recipe: str | Recipe, objective: Objective, overrides: dict) 
 
 
 def auto_recipe(objective: Objective) -> str:
-    """The recipe ``auto`` stands for: multi-crop robustness for class objectives
-    (it is what makes class images recognisable by other networks), random zoom
+    """The recipe ``auto`` stands for: ``classes`` for class objectives (crops
+    seen at magnifications around 1, livelier colour: what makes class images
+    recognisable by networks of other architectures), random zoom
     for units (activation that holds when the image is seen at another scale).
     Neuron objectives keep ``sharp``: they name a position on the canvas's grid,
     which random zoomed windows would move and shrink."""
     from ..models.organism import LOGITS
 
     if LOGITS in objective.layers:
-        return "default"
+        return "classes"
     return "sharp" if "neuron" in objective.description else "robust"
 
 
