@@ -24,6 +24,7 @@ Weights are frozen (requires_grad False), as they are in featviz.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import os
 import statistics
 import subprocess
@@ -466,10 +467,25 @@ def section_throughput(model, batches, sizes):
             print(f"  {size:4d} px  batch {batch:3d}: {step*1e3:8.1f} ms/step  {batch / (step * recipe.steps):7.2f} units/s")
 
 
+def register_variant(text: str) -> str:
+    """``base+field=value+...`` (e.g. ``classes+chroma=1.8``): a variant of a recipe, measured in the same run as
+    the recipe itself; registered in this process's recipe table under its own text."""
+    base, *settings = text.split("+")
+    if not settings:
+        return text
+    changes = {}
+    for setting in settings:
+        field, _, value = setting.partition("=")
+        current = getattr(RECIPES[base], field)
+        changes[field] = type(current)(value) if current is not None else float(value)
+    RECIPES[text] = replace(RECIPES[base], name=text, **changes)
+    return text
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="overhead,truncation,batch,memory,channels,classes")
-    parser.add_argument("--recipes", default="auto", help="auto = default (multi-crop) for classes, robust for units")
+    parser.add_argument("--recipes", default="auto", help="auto = classes for classes, robust for units; base+field=value+... measures a variant, e.g. classes+chroma=1.8")
     parser.add_argument("--channel-batch", type=int, default=12)
     parser.add_argument("--units", default="benchmark",
                         help="channels: benchmark (Lucent's 12) | held-out (12 others, blocks.2-14 and head) | "
@@ -496,7 +512,7 @@ def main():
     print(f"featviz {featviz.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"device {model.device}")
     sections = args.only.split(",")
-    recipes = args.recipes.split(",")
+    recipes = [register_variant(name) for name in args.recipes.split(",")]
     if "overhead" in sections:
         section_overhead(model, recipes, args.repeats)
     if "truncation" in sections:
