@@ -222,3 +222,21 @@ def test_report_finetune_writes_results(tmp_path, lite0):
     assert entry.cells["stem"] == [f"{results['cka']['stem']:.3f}"] and "1/class" in entry.summary
     res = _invoke("report", "finetune", "efficientnet_lite0", "--budgets", "0,2", "--size", "32", "--out", out)
     assert "budgets must be whole numbers of examples per class, at least 1" in one_error_line(res)
+
+
+def test_evolve_reads_a_ceiling_a_changed_feature_and_an_off_unit():
+    """The one-line readings of evolve's cross figures, on figures shaped like the ones measured on lite0's
+    fine-tuned run (docs/training.md): head:55 pinned at ReLU6's 6.0, blocks.15:319 changed, blocks.8:71 kept."""
+    from featviz.training.evolve import read_cross
+
+    def cross(ss, se, es, ee):
+        return {"start_on_start": ss, "start_on_end": se, "end_on_start": es, "end_on_end": ee}
+
+    assert "ceiling" in read_cross([6.0, 6.0, 6.0], cross(6.0, 6.0, 6.0, 6.0))
+    # the same value at the start but a different one later is no ceiling
+    assert "ceiling" not in read_cross([6.0, 5.2, 4.1], cross(6.0, 3.0, 3.5, 4.1))
+    assert "feature changed" in read_cross([17.7, 16.9, 16.2], cross(17.7, 12.6, 12.3, 16.2))
+    assert "same feature" in read_cross([9.1, 9.0, 8.8], cross(9.1, 8.6, 8.2, 8.8))
+    assert "not converged" in read_cross([5.0, 5.5], cross(5.0, 6.0, 5.0, 5.5))
+    assert read_cross([7.1, 0.05, 0.0], cross(7.1, 0.0, 0.0, 0.0)).startswith("off in the final network")
+    assert read_cross([0.0, 2.0], cross(0.0, 0.5, 0.0, 2.0)).startswith("off in the starting network")

@@ -176,26 +176,30 @@ def _cross_activations(run_dir: Path, first: str, last: str, frames: dict, recor
             values[name] = [round(float(a.mean()), 4) for a in act]
         cross = {"start_on_start": values["start"][0], "start_on_end": values["start"][1],
                  "end_on_start": values["end"][0], "end_on_end": values["end"][1]}
-        own_start, own_end = cross["start_on_start"], cross["end_on_end"]
-        own = entry["activation"]
-        if len(own) > 1 and own_end > 1e-3 and max(own) - min(own) <= 1e-3 * max(1.0, abs(max(own))):
-            reading = (f"reaches the same activation {own_end:.3g} in every checkpoint: a ceiling (such as ReLU6), "
-                       "where every image that saturates it is as good, so the frames cannot show a change; "
-                       "render the layer before its activation (e.g. head.conv instead of head)")
-        elif own_end <= 1e-3:
-            reading = "off in the final network (it cannot be raised): its last frames show nothing"
-        elif own_start <= 1e-3:
-            reading = "off in the starting network: its first frames show nothing"
-        else:
-            kept = cross["start_on_end"] / own_start
-            back = cross["end_on_start"] / own_end
-            verdict = ("the renders are not converged (a network rates the other's frame above its own): "
-                       "give more --steps" if max(kept, back) > 1.05 else
-                       "the feature changed" if min(kept, back) < 0.8 else
-                       "about the same feature (differences between frames are mostly the optimizer's)")
-            reading = (f"the start network rates the end frame at {kept:.0%} of its own, the end network the "
-                       f"start frame at {back:.0%} of its own: {verdict}")
+        reading = read_cross(entry["activation"], cross)
         entry["cross"] = cross | {"reading": reading}
+
+
+def read_cross(own: list[float], cross: dict[str, float]) -> str:
+    """One line on what a unit's frames can show, from its activation on its own frame at every checkpoint
+    (``own``) and the start/end networks' activations on the first/last frames (``cross``)."""
+    own_start, own_end = cross["start_on_start"], cross["end_on_end"]
+    if len(own) > 1 and own_end > 1e-3 and max(own) - min(own) <= 1e-3 * max(1.0, abs(max(own))):
+        return (f"reaches the same activation {own_end:.3g} in every checkpoint: a ceiling (such as ReLU6), "
+                "where every image that saturates it is as good, so the frames cannot show a change; "
+                "render the layer before its activation (e.g. head.conv instead of head)")
+    if own_end <= 1e-3:
+        return "off in the final network (it cannot be raised): its last frames show nothing"
+    if own_start <= 1e-3:
+        return "off in the starting network: its first frames show nothing"
+    kept = cross["start_on_end"] / own_start
+    back = cross["end_on_start"] / own_end
+    verdict = ("the renders are not converged (a network rates the other's frame above its own): "
+               "give more --steps" if max(kept, back) > 1.05 else
+               "the feature changed" if min(kept, back) < 0.8 else
+               "about the same feature (differences between frames are mostly the optimizer's)")
+    return (f"the start network rates the end frame at {kept:.0%} of its own, the end network the "
+            f"start frame at {back:.0%} of its own: {verdict}")
 
 
 def _examples(run_dir: Path, first: str, last: str, units, out: Path, settings: EvolveSettings, size: int,
