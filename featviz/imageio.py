@@ -118,6 +118,11 @@ def to_pil(image: torch.Tensor | np.ndarray) -> Image.Image:
     return Image.fromarray(arr.squeeze(-1) if mode == "L" else arr, mode)
 
 
+def to_tensor(picture: Image.Image) -> torch.Tensor:
+    """PIL image -> (3, H, W) float tensor in [0, 1] (RGB), the inverse of ``to_pil``."""
+    return torch.from_numpy(np.asarray(picture.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
 STDOUT = "-"  # an output path that means: write to standard output
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import FeatvizError
+from ..imageio import to_tensor
 from ..models.organism import ModelOrganism
 
 QUADRANTS = ("top-left", "top-right", "bottom-left", "bottom-right")
@@ -30,7 +31,7 @@ QUADRANTS = ("top-left", "top-right", "bottom-left", "bottom-right")
 def _square(photo, side: int) -> torch.Tensor:
     """Centre-crop to a square and resize to ``side``: (3, side, side) in [0, 1]."""
     if isinstance(photo, Image.Image):
-        photo = torch.from_numpy(np.asarray(photo.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+        photo = to_tensor(photo)
     elif isinstance(photo, np.ndarray):
         arr = photo.astype(np.float32) / (255.0 if photo.dtype == np.uint8 else 1.0)
         photo = torch.from_numpy(np.ascontiguousarray(arr[..., :3])).permute(2, 0, 1)

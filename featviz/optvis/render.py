@@ -284,8 +284,8 @@ def resolve_recipe(recipe: str | Recipe, objective: Objective, overrides: dict) 
 
 def auto_recipe(objective: Objective) -> str:
     """The recipe ``auto`` stands for: ``classes`` for class objectives (crops
-    seen at magnifications around 1, livelier colour: what makes class images
-    recognisable by networks of other architectures), random zoom
+    seen at magnifications around 1: what makes class images recognisable by
+    networks of other architectures), random zoom
     for units (activation that holds when the image is seen at another scale).
     Neuron objectives keep ``sharp``: they name a position on the canvas's grid,
     which random zoomed windows would move and shrink."""

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import FeatvizError
-from ..imageio import atomic_write, grid, output_folder, save_gif, save_png
+from ..imageio import atomic_write, grid, output_folder, save_gif, save_png, to_tensor
 from ..names import slug
 from .cka import label_cka_axes, layer_grams, linear_cka_from_grams
 from .finetune import checkpoints, load_checkpoint, read_run
@@ -69,8 +69,7 @@ def probe_images(run_dir: Path) -> tuple[torch.Tensor, list[str]]:
     files = list_images(folder) if folder.is_dir() else []
     if not files:
         raise FeatvizError(f"{run_dir} has no held-out images (heldout/); was it made by featviz finetune?")
-    images = [torch.from_numpy(np.asarray(read_photo(folder / rel), dtype=np.float32) / 255.0).permute(2, 0, 1)
-              for rel, _size in files]
+    images = [to_tensor(read_photo(folder / rel)) for rel, _size in files]
     return torch.stack(images), [rel.split("/")[0] for rel, _size in files]
 
 
@@ -112,7 +111,7 @@ def evolve(run, units: Sequence[tuple[str, int]], out, settings: EvolveSettings 
         for unit, res in zip(units, results):
             frames[unit].append(res.pil())
         # each unit's own figure (the render's objective is the batch's total): its mean activation on its frame
-        pictures = torch.stack([_pixels(frames[unit][-1]) for unit in units]).to(organism.device)
+        pictures = torch.stack([to_tensor(frames[unit][-1]) for unit in units]).to(organism.device)
         with torch.no_grad():
             acts = organism.activations(pictures, sorted({layer for layer, _ in units}))
         for i, (layer, unit) in enumerate(units):
@@ -153,11 +152,6 @@ def evolve(run, units: Sequence[tuple[str, int]], out, settings: EvolveSettings 
     return record
 
 
-def _pixels(picture) -> torch.Tensor:
-    """A frame as the network sees it once saved: (3, H, W) in [0, 1] from its 8-bit pixels."""
-    return torch.from_numpy(np.asarray(picture.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
-
-
 @torch.no_grad()
 def _cross_activations(run_dir: Path, first: str, last: str, frames: dict, record: dict) -> None:
     """Each unit's mean activation in the start and the end network on the first and the last frame.
@@ -169,7 +163,7 @@ def _cross_activations(run_dir: Path, first: str, last: str, frames: dict, recor
     (about 0 on its own frame) is off, and its frames show nothing."""
     networks = {"start": load_checkpoint(run_dir, first), "end": load_checkpoint(run_dir, last)}
     for (layer, unit), entry in zip(frames, record["units"]):
-        x = torch.stack([_pixels(frames[(layer, unit)][0]), _pixels(frames[(layer, unit)][-1])])
+        x = torch.stack([to_tensor(frames[(layer, unit)][0]), to_tensor(frames[(layer, unit)][-1])])
         values = {}
         for name, organism in networks.items():
             act = organism.activations(x.to(organism.device), [layer])[layer][:, unit].float()
