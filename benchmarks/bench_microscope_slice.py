@@ -8,10 +8,13 @@ layer: ``--units`` units spread evenly over its channels (one render batch of 16
 as full as in the real build), with the dataset-examples pass over the first ``--photos`` of the 1000 ImageNet
 photos in ``../shared/imagenet-samples`` (what the full preset is given as ``--data``). Then it extrapolates:
 
-- per-unit panels (channel, neuron, negative, diversity, caricature, classes and circuits by attribution,
-  unit pages) scale by the layer's channels / the slice's units;
+- per-unit panels (channel, neuron, negative, diversity, classes and circuits by attribution, unit pages)
+  scale by the layer's channels / the slice's units; caricatures, rendered once per distinct top photo, by the
+  layer's distinct top photos / the slice's (use ``--photos 1000`` for the full build's count);
 - renders run ``--steps`` steps; each render job's time is its setup and final pass as measured plus the
-  median time of its steps x the preset's steps (a step costs the same whatever the step number);
+  median time of its steps x the preset's steps (a step costs the same whatever the step number). With
+  ``--steps 256`` (the preset's) the renders run as the build runs them and are timed as they ran: only
+  then do renders that stop at a plateau (``BuildSettings.plateau``) count the steps they really take;
 - the examples pass and the class photos scale by 1000 / ``--photos``; DeepDreams and class images are
   per layer / per model and only scale by steps.
 
@@ -69,7 +72,7 @@ def worker_slice(args: dict) -> dict:
 
     torch.manual_seed(0)
     model = featviz.load(MODEL)
-    full = preset("full")
+    full = preset("full", **args.get("overrides", {}))
     layers = model.default_layers(full.n_layers)
     photos = Path(args["photos_dir"])
     site = Path(tempfile.mkdtemp(prefix="bench-slice-"))
@@ -81,21 +84,33 @@ def worker_slice(args: dict) -> dict:
         build_module.choose_units = lambda model, layer, s: built[layer]
         t = time.perf_counter()
         report = build(model, site / "site", photos, quick=False, steps=args["steps"], layers=layers,
-                       engine=extrapolating_engine(full.steps))
+                       engine=extrapolating_engine(full.steps, args["steps"]), **args.get("overrides", {}))
         wall = time.perf_counter() - t
         sizes = site_sizes(site / "site" / model.name, built)
+        # Caricatures are rendered once per distinct top photo (units that share one share the render), so
+        # they scale by the layer's distinct top photos over the slice's, not by its units.
+        from featviz.examples import ExampleStore
+
+        with ExampleStore(site / "site" / model.name / "_examples") as store:
+            def distinct(layer, units):
+                return len({tops[0].path for u in units if (tops := store.top(layer, u, k=1))})
+            caricature_photos = {l: [distinct(l, built[l]), distinct(l, range(model.layer(l).channels))]
+                                 for l in layers}
         return {"layer_seconds": {f"{l}|{k}": v for (l, k), v in report.layer_seconds.items()},
                 "seconds": dict(report.seconds), "wall": wall, "built": built,
                 "channels": {l: model.layer(l).channels for l in layers}, "steps": args["steps"],
-                "preset_steps": full.steps, "sizes": sizes, "threads": torch.get_num_threads()}
+                "preset_steps": full.steps, "sizes": sizes, "threads": torch.get_num_threads(),
+                "caricature_photos": caricature_photos}
     finally:
         shutil.rmtree(site, ignore_errors=True)
 
 
-def extrapolating_engine(full_steps: int):
+def extrapolating_engine(full_steps: int, slice_steps: int):
     """A local engine whose job times are those of ``full_steps`` steps: each job's optimization steps
     (forward + backward of the views) are timed, and their median, times ``full_steps``, replaces their sum;
-    the rest of the job (setup, final values, attribution, the examples pass) counts as measured."""
+    the rest of the job (setup, final values, attribution, the examples pass) counts as measured.
+    A slice run at the preset's own steps is measured as it ran: renders that stop at a plateau
+    (``BuildSettings.plateau``) take fewer steps, which only such a slice sees."""
     import statistics as stats
 
     from featviz.engine import Done, LocalEngine
@@ -120,7 +135,7 @@ def extrapolating_engine(full_steps: int):
                 t = time.perf_counter()
                 result = job.fn(model, *job.args)
                 seconds = time.perf_counter() - t
-                if step_times:
+                if step_times and slice_steps != full_steps:
                     seconds += stats.median(step_times) * full_steps - sum(step_times)
                 yield Done(i, result, seconds)
 
@@ -195,7 +210,7 @@ def worker_quality(args: dict) -> dict:
     best = bench_render.best_photo_activations(model, bench_render.CHANNEL_LAYERS)
     out = {}
     for steps in args["quality_steps"]:
-        s = preset("full", steps=steps)
+        s = preset("full", steps=steps, **args.get("overrides", {}))
         # the 12 units in one batch (one image per unit, as the build's batches; cheaper than three)
         t = time.perf_counter()
         images = torch.stack([img for img, _ in visuals.render_kind(model, "channel", units, s, seed=1234)])
@@ -203,6 +218,19 @@ def worker_quality(args: dict) -> dict:
         bests = torch.tensor([float(best[l][c]) for l, c in units])
         ratios = (view_robust_activation(model, images, O.batched_channels(units)) / bests).tolist()
         out[str(steps)] = {"ratios": ratios, "seconds": seconds}
+        if args.get("diversity"):
+            # the diversity panel's images, rendered as the build does (its batches of units x images)
+            t = time.perf_counter()
+            per_unit = []
+            for first in range(0, len(units), s.diversity_batch):
+                part = units[first:first + s.diversity_batch]
+                per_unit += visuals.render_diversity(model, part, s, seed=1234 + first)
+            seconds = time.perf_counter() - t
+            images = torch.stack([img for imgs in per_unit for img in imgs])
+            owners = [unit for unit in units for _ in range(s.diversity_images)]
+            owner_bests = torch.tensor([float(best[l][c]) for l, c in owners])
+            ratios = (view_robust_activation(model, images, O.batched_channels(owners)) / owner_bests).tolist()
+            out[str(steps)]["diversity"] = {"ratios": ratios, "seconds": seconds}
         if args.get("save"):
             for (l, c), img in zip(units, images):  # each render as the site saves it (for --webp)
                 folder = Path(args["save"]) / f"{args['label']}_{steps}"
@@ -235,7 +263,10 @@ def extrapolate(r: dict, photos: int) -> tuple[dict, dict]:
     for key, seconds in r["layer_seconds"].items():
         layer, kind = key.split("|")
         scale = 1.0  # the engine already gave render jobs the time of the preset's steps
-        if layer and kind in PER_UNIT:
+        if layer and kind == "caricature" and "caricature_photos" in r:
+            in_slice, in_layer = r["caricature_photos"][layer]
+            scale *= in_layer / max(1, in_slice)
+        elif layer and kind in PER_UNIT:
             scale *= r["channels"][layer] / len(r["built"][layer])
         if layer:
             per_layer[layer][kind] = per_layer[layer].get(kind, 0.0) + seconds * scale
@@ -301,6 +332,9 @@ def main():
     ap.add_argument("--webp", type=Path, help="print what a site folder's images would weigh as WebP and stop")
     ap.add_argument("--reprint", type=Path, help="print the tables of a --json-out file and stop")
     ap.add_argument("--save", type=Path, help="folder for the quality contact sheets")
+    ap.add_argument("--diversity", action="store_true", help="--quality also measures the diversity images")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a field of the full preset (e.g. diversity_size=128, plateau=0); repeatable")
     args = ap.parse_args()
 
     if args.webp:
@@ -312,6 +346,10 @@ def main():
             print_estimate(f"{r['tree']} (run {r['run'] + 1})", r, r["photos"])
             print_sizes(r, r["photos"])
         return
+    overrides = {}
+    for item in args.set:
+        field, _, value = item.partition("=")
+        overrides[field] = json.loads(value)
     source = SHARED / "imagenet-samples"
     files = sorted(p for p in source.iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))[:args.photos]
     if not files:
@@ -327,7 +365,8 @@ def main():
         if not args.no_slice:
             for rep in range(args.repeats):
                 for name, tree in (trees[::-1] if rep % 2 == 0 else trees):
-                    r = run_in(tree, "slice", {"units": args.units, "steps": args.steps, "photos_dir": str(photos_dir)})
+                    r = run_in(tree, "slice", {"units": args.units, "steps": args.steps, "photos_dir": str(photos_dir),
+                                              "overrides": overrides})
                     if args.json_out:
                         with open(args.json_out, "a") as f:
                             f.write(json.dumps({"tree": name, "run": rep, "photos": len(files), **r}) + "\n")
@@ -340,13 +379,19 @@ def main():
         if args.quality:
             steps = [int(s) for s in args.quality_steps.split(",")]
             for name, tree in trees:
-                q = run_in(tree, "quality", {"quality_steps": steps, "label": name,
+                q = run_in(tree, "quality", {"quality_steps": steps, "label": name, "overrides": overrides,
+                                             "diversity": args.diversity,
                                              "save": str(args.save.resolve()) if args.save else None})
                 for st, v in q["by_steps"].items():
                     rs = v["ratios"]
                     print(f"quality {name} {st} steps: view-robust median {statistics.median(rs):.3f} "
                           f"(min {min(rs):.3f}), {v['seconds']:.0f} s for 12 units; per unit "
                           + ", ".join(f"{u}={x:.2f}" for u, x in zip(q["units"], rs)), flush=True)
+                    if "diversity" in v:
+                        d = v["diversity"]["ratios"]
+                        print(f"quality {name} {st} steps, diversity images: view-robust median "
+                              f"{statistics.median(d):.3f} (min {min(d):.3f}) over {len(d)} images, "
+                              f"{v['diversity']['seconds']:.0f} s", flush=True)
     finally:
         shutil.rmtree(photos_dir, ignore_errors=True)
 

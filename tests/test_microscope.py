@@ -5,6 +5,7 @@ A tiny CNN on a few synthetic photos keeps every test fast; the real-model tests
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import os
 import re
@@ -87,14 +88,14 @@ def test_build_makes_every_page_and_panel(built):
         assert (site / page).is_file(), page
     unit = site / "tiny" / "c2" / "3"
     names = sorted(p.name for p in unit.iterdir())
-    assert names == ["caricature.png", "channel.png", "diversity-0.png", "diversity-1.png", "diversity-2.png", "diversity-3.png",
+    assert names == ["caricature.png", "channel.png", "diversity-0.png", "diversity-1.png", "diversity-2.png",
                      "index.html", "negative.png", "neuron.png", "thumb.jpg"]
     with Image.open(unit / "channel.png") as img:
         assert img.size == (32, 32)
         meta = json.loads(img.text["featviz"])["microscope"]
     assert meta["panel"] == "channel" and meta["unit"] == 3 and meta["settings"]["steps"] == 3
-    # four diversity images of one unit differ from each other
-    arrays = [np.asarray(Image.open(unit / f"diversity-{j}.png")) for j in range(4)]
+    # the diversity images of one unit differ from each other
+    arrays = [np.asarray(Image.open(unit / f"diversity-{j}.png")) for j in range(3)]
     assert all(not np.array_equal(arrays[0], a) for a in arrays[1:])
 
 
@@ -197,7 +198,7 @@ def test_a_rebuild_restores_deleted_files_exactly(tmp_path, photos, built):
 def test_quick_preset_without_data_and_full_with_it():
     assert resolve_settings(None).preset == "quick"
     q = resolve_settings(None)
-    assert (q.n_layers, q.units, q.steps, q.size, q.diversity_images, q.recipe) == (3, 8, 64, 96, 4, "auto")
+    assert (q.n_layers, q.units, q.steps, q.size, q.diversity_images, q.recipe) == (3, 8, 64, 96, 3, "auto")
     full = resolve_settings("photos/")
     assert (full.preset, full.units, full.steps, full.size, full.n_layers, full.recipe) == \
         ("full", None, 256, 128, 6, "auto")
@@ -459,3 +460,55 @@ def test_caricature_of_a_given_photo_is_a_layer_panel(tmp_path, photos):
     unit = (site / "tiny" / "c2" / "1" / "index.html").read_text()
     assert "the photo given to the build" in unit and "../../../tiny/c2/caricature.png" in unit
     assert 'id="caricature"' in (site / "tiny" / "c2" / "index.html").read_text()
+
+
+def test_units_sharing_a_top_photo_share_its_caricature(built):
+    """A caricature is the layer's reading of a photo: units whose top photo is the same get the same image
+    (one render), each in its own folder."""
+    site, _ = built
+    shared = 0
+    for layer in ("c1", "c2", "c3"):
+        by_photo: dict[str, list[np.ndarray]] = {}
+        for u in range(4):
+            with Image.open(site / "tiny" / layer / str(u) / "caricature.png") as img:
+                photo = json.loads(img.text["featviz"])["microscope"]["photo"]
+                by_photo.setdefault(photo, []).append(np.array(img))
+        for images in by_photo.values():
+            shared += len(images) - 1
+            assert all(np.array_equal(images[0], other) for other in images[1:])
+    assert shared > 0  # the tiny photos make units share (the test would prove nothing otherwise)
+
+
+def test_negative_of_a_rectified_unit_is_rendered_before_the_rectifier(built):
+    """After a ReLU every image that switches a unit off scores 0, so the negative panel minimizes the
+    pre-activation; the page says so."""
+    site, _ = built
+    with Image.open(site / "tiny" / "c3" / "1" / "negative.png") as img:
+        meta = json.loads(img.text["featviz"])["microscope"]
+    assert meta["settings"]["rendered_on"] == "c3.0"
+    html = (site / "tiny" / "c3" / "1" / "index.html").read_text()
+    assert "Minimized before the rectifier, on c3.0" in html
+    assert "simply off here" not in html
+
+
+def test_pre_rectifier_names_the_layer_before_a_closing_relu(lite0):
+    model = tiny_model()
+    assert [model.pre_rectifier(layer) for layer in ("c1", "c3", "fc")] == ["c1.0", "c3.0", "fc"]
+    assert lite0.pre_rectifier("head") == "head.bn" and lite0.pre_rectifier("blocks.13") == "blocks.13"
+
+
+def test_a_batch_stopped_at_its_plateau_continues_the_images_still_rising():
+    from featviz.microscope.visuals import continuation
+
+    s = preset("full")
+    assert s.plateau == 0.01 and s.plateau_share == 0.9 and s.steps == 256
+    recipe = {"lr": 0.15, "lr_schedule": "cosine"}
+    more = continuation({"stopped_at_plateau": 128, "still_rising": [3, 7], "recipe": recipe}, s)
+    # the steps left, from where the cosine schedule had got to (half way: 0.55 of lr), without a plateau
+    assert more["steps"] == 128 and more["plateau"] is None and more["size"] == s.size
+    assert math.isclose(more["lr"], 0.015 + 0.135 * (1 + math.cos(math.pi * 128 / 255)) / 2)
+    assert continuation({"stopped_at_plateau": 128, "still_rising": [], "recipe": recipe}, s) is None
+    assert continuation({"recipe": recipe}, s) is None  # ran to the end
+    constant = continuation({"stopped_at_plateau": 64, "still_rising": [0], "recipe": {"lr": 0.05,
+                                                                                    "lr_schedule": "constant"}}, s)
+    assert constant["lr"] == 0.05 and constant["steps"] == 192

@@ -351,3 +351,58 @@ def test_dead_relu_start_is_redirected():
     assert all(not m._forward_hooks for m in net.modules())
     live = render(model, "conv:1", size=32, steps=3, recipe="quick")
     assert "redirected_relu_steps" not in live.settings
+
+
+def test_plateau_judges_each_image_against_its_own_scale(tiny):
+    from featviz.optvis.render import PLATEAU_CHECK, PLATEAU_WINDOW, Plateau
+
+    back = PLATEAU_WINDOW // PLATEAU_CHECK  # checks between the two scores compared
+
+    def first_stop(sequence, fraction=0.01):
+        """The check at which a plateau is reached when the images score ``sequence`` (one pair per check)."""
+        scores = iter(sequence)
+        scripted = Objective(lambda acts, n: torch.tensor(next(scores)), ["conv1"], "scripted")
+        plateau = Plateau(fraction, tiny, scripted, batch=2)
+        for check in range(1, len(sequence) + 1):
+            if plateau.reached(torch.zeros(2, 3, 32, 32)):
+                return check
+        return None
+
+    assert first_stop([(5.0, 2.0)] * 8) == back + 1  # flat from the start: the earliest it can tell
+    assert first_stop([(5.0, 0.5 * i) for i in range(8)]) is None  # one image still rising holds the batch
+    # a negative objective that rose from -1 to its ceiling 0: flat against where it started
+    falling = [(5.0, -max(0.0, 1 - i / 4)) for i in range(10)]
+    assert first_stop(falling) == 4 + back + 1
+    # a slow rise, 2 % of its size per window, stops at 0.05 but not at 0.01
+    slow = [(5.0, 1 + 0.02 * i / back) for i in range(8)]
+    assert first_stop(slow, 0.01) is None and first_stop(slow, 0.05) == back + 1
+
+
+def test_a_render_stops_at_a_plateau_only_when_asked(tiny):
+    """The negative of a ReLU unit reaches 0 (the unit off everywhere) and stays there."""
+    objective = -O.channel("conv3", 3)
+    stopped = render(tiny, objective, steps=300, size=32, recipe="default", plateau=0.01, seed=0)
+    assert stopped.settings["stopped_at_plateau"] == stopped.settings["steps_done"] < 300
+    assert stopped.settings["recipe"]["plateau"] == 0.01
+    assert stopped.history[-1] == 0
+    full = render(tiny, objective, steps=300, size=32, recipe="default", seed=0)
+    assert full.settings["steps_done"] == 300 and "stopped_at_plateau" not in full.settings
+    with pytest.raises(FeatvizError, match="plateau"):
+        render(tiny, objective, steps=3, size=32, plateau=1.5)
+
+
+def test_random_blur_keeps_flat_images_and_smooths_noise():
+    from featviz.optvis.transforms import RandomBlur
+
+    g = torch.Generator().manual_seed(0)
+    flat = torch.full((2, 3, 24, 24), 0.3)
+    assert torch.allclose(RandomBlur(2.0)(flat, g), flat, atol=1e-6)
+    noise = torch.rand((2, 3, 24, 24), generator=g)
+    blurred = [RandomBlur(3.0)(noise, torch.Generator().manual_seed(s)) for s in (1, 1, 2)]
+    assert blurred[0].shape == noise.shape and torch.equal(blurred[0], blurred[1])  # the seed decides
+    assert blurred[0].std() < 0.8 * noise.std() and not torch.equal(blurred[0], blurred[2])
+    spec = TransformSpec("soft", scale=(0.5, 1.0), views=2, blur=1.5)
+    views = spec.build(32)(noise, torch.Generator().manual_seed(0))
+    assert views.shape == (4, 3, 32, 32)
+    with pytest.raises(FeatvizError, match="blur"):
+        RandomBlur(-1)

@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw
 from ..errors import FeatvizError
 from ..models.organism import ModelOrganism
 from . import display
-from .methods import as_batch, class_label, check_cam_layer, is_rectifier, resolve_target
+from .methods import as_batch, class_label, check_cam_layer, resolve_target
 
 
 @dataclass
@@ -125,16 +125,7 @@ def render_layer(model: ModelOrganism, layer: str) -> str:
     pre-activation (``head.bn``), the same channels before the ReLU; every
     other layer is rendered as is.
     """
-    module = model.module(layer)
-    children = list(module.named_children()) if isinstance(module, torch.nn.Sequential) else []
-    if len(children) >= 2 and is_rectifier(children[-1][1]):
-        pre = f"{layer}.{children[-2][0]}"
-        try:
-            if model.layer(pre).channels == model.layer(layer).channels:
-                return pre
-        except FeatvizError:
-            pass
-    return layer
+    return model.pre_rectifier(layer)
 
 
 def render_thumbnails(model: ModelOrganism, layer: str, channels: Sequence[int], size: int = 96,

@@ -51,7 +51,7 @@ from PIL import Image
 from torch import nn
 
 from ..errors import FeatvizError, ImageReadError
-from ..models.organism import ModelOrganism
+from ..models.organism import ModelOrganism, is_rectifier
 from ..optvis.objectives import Objective, logit, parse
 from . import display
 from ._captum import require_captum
@@ -186,13 +186,6 @@ def _guided_backprop_class():
                 self.backward_hooks.append(module.register_full_backward_hook(_guided_hook))
 
     return ReLU6GuidedBackprop
-
-
-def is_rectifier(module: nn.Module) -> bool:
-    """ReLU-like modules guided backprop handles: ReLU, ReLU6, Hardtanh with min 0."""
-    if isinstance(module, nn.ReLU):
-        return True
-    return isinstance(module, nn.Hardtanh) and float(module.min_val) == 0.0
 
 
 def _guided_hook(_module, grad_input, _grad_output):

@@ -38,11 +38,11 @@ def microscope():
               help="per layer: N (the first N), a list such as 0-31 or 3,7,9, or 'all' (default: 8 quick, all full)")
 @click.option("--out", "-o", type=OutputPath(path_type=Path), default=Path("microscope"), show_default=True,
               help="site folder (static HTML/CSS/JS and images)")
-@click.option("--steps", type=click.IntRange(1, 100_000), default=None, help="optimization steps (32 quick, 96 full)")
+@click.option("--steps", type=click.IntRange(1, 100_000), default=None, help="optimization steps (64 quick, 256 full)")
 @click.option("--size", type=click.IntRange(16, 4096), default=None, help="image side in px (96 quick, 128 full)")
 @click.option("--quick/--full", "quick", default=None,
               help="preset (default: --quick without --data, --full with it)")
-@click.option("--batch-size", type=click.IntRange(1, 4096), default=None, help="units per render batch (8 quick, 16 full)")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=None, help="units per render batch (8 quick, 32 full)")
 @click.option("--examples", "k", type=click.IntRange(1, 1000), default=None,
               help="dataset examples per list (6 quick, 10 full)")
 @click.option("--classes", default=None, help="classes for the model page, e.g. 309,1,130 (default: a showcase set)")
@@ -53,11 +53,14 @@ def microscope():
               help="starting network to show beside each unit, built into the same site (default: the run's start "
                    "when MODEL is a featviz finetune run's model.toml)")
 @click.option("--no-baseline", is_flag=True, help="no starting network, even for a fine-tuning run")
+@click.option("--plateau", type=click.FloatRange(0, 0.5), default=None,
+              help="stop a render batch once no image gained more than this fraction over 32 steps; 0: run every "
+                   "step (default: 0.01 full, 0 quick)")
 @click.option("--quiet", "-q", is_flag=True, help="no progress lines")
 @device_option
 @engine_options
 def build_cmd(model, data_dir, layers, units, out, steps, size, quick, batch_size, k, classes, seed, caricature_photo,
-              baseline, no_baseline, quiet, device, engine, address):
+              baseline, no_baseline, plateau, quiet, device, engine, address):
     """Build (or bring up to date) a microscope site for MODEL.
 
     For a fine-tuned network (a featviz finetune run's model.toml, or --baseline MODEL), the
@@ -74,7 +77,8 @@ def build_cmd(model, data_dir, layers, units, out, steps, size, quick, batch_siz
     overrides = dict(layers=layers, units=_units(units, organism), steps=steps, size=size, batch_size=batch_size,
                      k=k, seed=seed,
                      classes=tuple(parse_indices(classes, "--classes", organism.num_classes, "class"))
-                     if classes else None, caricature_photo=str(caricature_photo) if caricature_photo else None)
+                     if classes else None, caricature_photo=str(caricature_photo) if caricature_photo else None,
+                     plateau=plateau)
     log = None if quiet else (lambda msg: click.echo(msg, err=True))
     if data_dir is None and not quiet:
         click.echo("no --data given: using the embedded demo photos", err=True)

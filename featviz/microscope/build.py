@@ -443,47 +443,48 @@ class _Builder:
                 self.report.skipped[CARICATURE] += 1
                 return []
             picture = torch.from_numpy(pixels).permute(2, 0, 1)[None].contiguous()
-            sources = [(-1, picture, Path(photo).name, None)]
-            batches = [sources]
+            batches = [[([-1], picture, Path(photo).name, None)]]
         else:
             ex_settings = {k: v for k, v in store.settings.items() if k != "layers"}
             h, settings = self.hash_of(CARICATURE, {"store": digest(ex_settings)})
-            batches = []
-            for batch in chunks(units, self.s.batch_size):
-                todo = self.missing(layer, batch, CARICATURE, h)
-                rows = []
-                for u in todo:
-                    top = store.top(layer, u, k=1)
-                    if not top:
-                        continue
+            # A caricature is the layer's reading of a photo, whichever unit chose it: units that share their top
+            # photo (532 photos for the 1280 units of lite0's head over 1000 ImageNet photos) share one render.
+            by_photo: dict[str, list] = {}
+            for u in self.missing(layer, units, CARICATURE, h):
+                top = store.top(layer, u, k=1)
+                if not top:
+                    continue
+                if top[0].path not in by_photo:
                     with Image.open(top[0].image_file) as img:
                         picture = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)[None].contiguous()
-                    rows.append((u, picture, top[0].path, self._store_rel(store, top[0])))
-                if rows:
-                    batches.append(rows)
+                    by_photo[top[0].path] = [[], picture, top[0].path, self._store_rel(store, top[0])]
+                by_photo[top[0].path][0].append(u)
+            batches = chunks([tuple(row) for row in by_photo.values()], self.s.batch_size)
         work = []
-        for rows in batches:
-            seed = batch_seed(h, layer, rows[0][0])
+        for rows in batches:  # rows: (the units, photo pixels, photo source, photo in the site) per photo
+            seed = batch_seed(h, layer, rows[0][0][0])
             # photos of a batch share the size of the examples pass (or are the one given photo)
             job = Job(caricature.render_caricatures, (layer, torch.cat([r[1] for r in rows]), self.s, seed))
-            label = f"{layer}: caricatures of {'the given photo' if photo else 'units ' + _span([r[0] for r in rows])}"
+            label = (f"{layer}: caricatures of the given photo" if photo else
+                     f"{layer}: caricatures of units {_span(sorted(u for r in rows for u in r[0]))} ({len(rows)} photos)")
             work.append(_Work(job, partial(self._finish_caricatures, layer, rows, seed, settings, h, label), layer,
                               CARICATURE))
         return work
 
     def _finish_caricatures(self, layer, rows, seed, settings, h, label, results, seconds) -> None:
         panels = []
-        for (u, pixels, source, photo_rel), (image, figures) in zip(rows, results):
-            meta = {"panel": CARICATURE, "layer": layer, "unit": u, "settings": settings, "seed": seed,
-                    "photo": source}
-            folder = self.rel(layer_dir(layer)) if u < 0 else self.rel(layer_dir(layer), u)
-            files = [self.save(image, f"{folder}/caricature.png", meta)]
-            if photo_rel is None:  # the given photo: keep a copy beside its caricature
-                files.append(self._thumb_sized(pixels[0].float() / 255.0, f"{folder}/caricature-photo.jpg",
-                                               self.s.size))
-                photo_rel = files[-1]
-            panels.append(Panel(self.slug, layer, u, CARICATURE, h, tuple(files),
-                                {"seed": seed, "photo": photo_rel, "source": source} | figures))
+        for (units, pixels, source, photo_rel), (image, figures) in zip(rows, results):
+            for u in units:  # each unit's folder holds its own copy, so no page depends on another unit's files
+                meta = {"panel": CARICATURE, "layer": layer, "unit": u, "settings": settings, "seed": seed,
+                        "photo": source}
+                folder = self.rel(layer_dir(layer)) if u < 0 else self.rel(layer_dir(layer), u)
+                files = [self.save(image, f"{folder}/caricature.png", meta)]
+                if photo_rel is None:  # the given photo: keep a copy beside its caricature
+                    files.append(self._thumb_sized(pixels[0].float() / 255.0, f"{folder}/caricature-photo.jpg",
+                                                   self.s.size))
+                    photo_rel = files[-1]
+                panels.append(Panel(self.slug, layer, u, CARICATURE, h, tuple(files),
+                                    {"seed": seed, "photo": photo_rel, "source": source} | figures))
         self._account(CARICATURE, seconds)
         self.commit(panels, CARICATURE)
         self.say(f"{label} in {seconds:.1f} s")
@@ -533,7 +534,8 @@ class _Builder:
     # driver calls with its result: it alone writes the PNGs and commits the manifest.
     def unit_jobs(self, layer: str, units: list[int], kind: str) -> list[_Work]:
         """One job per batch of ``units`` that still needs the ``kind`` panel (render kinds or diversity)."""
-        h, settings = self.hash_of(kind)
+        render_on = visuals.rendered_layer(self.model, kind, layer)
+        h, settings = self.hash_of(kind, {"rendered_on": render_on} if render_on != layer else None)
         planned = chunks(units, self.s.diversity_batch if kind == DIVERSITY else self.s.batch_size)
         work = []
         for bi, batch in enumerate(planned):
@@ -568,6 +570,8 @@ class _Builder:
                 if kind == "channel":
                     files.append(self._thumb(image, self.unit_rel(layer, u, "thumb.jpg")))
                 info = {"value": round(value, 4)} | info
+                if settings.get("rendered_on"):
+                    info["rendered_on"] = settings["rendered_on"]
             panels.append(Panel(self.slug, layer, u, kind, h, tuple(files), info))
         self._account(kind, seconds)
         self.commit(panels, kind, pages=(layer, [(layer, u) for u in todo]))

@@ -188,7 +188,8 @@ def unit_page(view: ModelView, layer: str, unit: int, extra: dict[str, Panel] | 
         value = p.info.get("value") if p is not None else None
         visuals.append({"kind": kind, "built": p is not None,
                         "value": None if value is None else (-value if kind == "negative" else value),
-                        "silent": kind == "negative" and value == 0})
+                        "silent": kind == "negative" and value == 0,
+                        "rendered_on": p.info.get("rendered_on") if p is not None else None})
     diversity = get(DIVERSITY)
     settings = view.info.get("settings", {})
     return render(
@@ -197,6 +198,7 @@ def unit_page(view: ModelView, layer: str, unit: int, extra: dict[str, Panel] | 
         settings=build_settings(view), model_name=view.name, channels=layer_info["channels"],
         height=layer_info.get("height"), width=layer_info.get("width"), prev=prev, next=nxt, visuals=visuals,
         diversity=[Path(f).name for f in diversity.files] if diversity is not None else [],
+        diversity_images=int(settings.get("diversity_images") or 3),
         examples=_examples_view(get(EXAMPLES)), classes=_classes_view(view, layer, get(CLASSES)),
         circuits=_circuits_view(view, layer, get(CIRCUITS)),
         start=_start_view(view, baseline, layer, unit, get("channel"), get(EXAMPLES)),

@@ -59,14 +59,16 @@ class BuildSettings:
     every unit, an int N for units 0..N-1, or a list of unit indices.
     steps, size, recipe: of every visualization. batch_size: units per render batch.
     diversity: weight of the diversity term, relative to the unit's own activation;
-    diversity_images: images per unit; diversity_batch: units per diversity batch.
+    diversity_images: images per unit; diversity_batch: units per diversity batch;
+    diversity_size: side of the diversity images (None: size).
     k: dataset examples per list (top by mean, top by max with crops, bottom by mean).
     examples_size: input size of the examples pass (None: the model's).
     classes: classes visualized on the model page (None: a default set).
     class_size / dream_size: sides of those images (None: size * 3 // 2).
     seed: base of every per-batch seed.
     circuit_units: units listed as exciting and as inhibiting on a circuits panel.
-    caricature_photo: a photo to caricature on every layer (None: each unit's top dataset example).
+    caricature_photo: a photo to caricature on every layer (None: each unit's top dataset example);
+    caricature_steps: steps of a caricature, at most ``steps`` (None: steps).
     """
 
     preset: str = "full"
@@ -80,8 +82,14 @@ class BuildSettings:
     # image far less at 32 rows than at 16 (benchmarks/bench_microscope_slice.py); a GPU wants more still.
     batch_size: int = 32
     diversity: float = 1.0
-    diversity_images: int = 4
+    # Three images beside the channel image: with the channel image they show four solutions for the unit,
+    # and a fourth diverse image was a quarter of the build's largest panel (docs/microscope.md).
+    diversity_images: int = 3
     diversity_batch: int = 8
+    # The unit page shows each diversity image at 120 CSS px, so a 96 px render is seen at 1.25x, inside the
+    # magnifications the unit recipe is robust to; it costs (96/128)^2 = 0.56 of a 128 px one, and diversity is
+    # the build's largest panel (benchmarks/bench_microscope_slice.py measures both the time and the images).
+    diversity_size: int | None = 96
     k: int = 10
     examples_size: int | None = None
     classes: tuple[int, ...] | None = None
@@ -92,6 +100,16 @@ class BuildSettings:
     top_classes: int = 5
     circuit_units: int = 6
     caricature_photo: str | None = None
+    # A caricature starts from a photo, not from noise, and half the steps give most of its exaggeration: on
+    # lite0's head, 1.31x the photo's own activation along its direction at step 128 against 1.36x at 256.
+    caricature_steps: int | None = 128
+    # Unit renders stop once no image of the batch gains more than this fraction over 32 steps (``Recipe.plateau``;
+    # 0 or None: every step): units behind ReLU6 (lite0's head) reach the ceiling of 6, and their negatives 0, by
+    # step 100-150 of 256; units of unbounded layers keep rising and run every step.
+    plateau: float | None = 0.01
+    # ... once this share of the batch's images has levelled off; the images still rising then continue alone
+    # for the steps left (``visuals.render_kind``), so the slowest units no longer hold up the whole batch.
+    plateau_share: float = 0.9
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,7 +118,8 @@ class BuildSettings:
 PRESETS = {
     "full": BuildSettings(),
     "quick": BuildSettings(preset="quick", n_layers=3, units=8, steps=64, size=96, recipe="auto", batch_size=8,
-                           diversity_batch=4, k=6, n_classes=4),
+                           diversity_batch=4, diversity_size=None, k=6, n_classes=4, plateau=None,
+                           caricature_steps=None),
 }
 
 # Classes shown on the model page of an ImageNet model when none are given: recognizable ones first.
@@ -142,6 +161,14 @@ def check(s: BuildSettings) -> None:
         raise FeatvizError("batch sizes must be at least 1")
     if s.diversity_images < 2:
         raise FeatvizError("diversity needs at least 2 images per unit")
+    if s.plateau is not None and not 0 <= s.plateau < 1:
+        raise FeatvizError(f"plateau must be a fraction in [0, 1), got {s.plateau}")
+    if s.diversity_size is not None and not 16 <= s.diversity_size <= 4096:
+        raise FeatvizError(f"diversity size must be between 16 and 4096 px, got {s.diversity_size}")
+    if not 0 < s.plateau_share <= 1:
+        raise FeatvizError(f"plateau share must be in (0, 1], got {s.plateau_share}")
+    if s.caricature_steps is not None and not 1 <= s.caricature_steps <= 100_000:
+        raise FeatvizError(f"caricature steps must be between 1 and 100000, got {s.caricature_steps}")
     if s.k < 1:
         raise FeatvizError(f"k (dataset examples per list) must be at least 1, got {s.k}")
     if isinstance(s.units, int) and s.units < 1:
@@ -192,7 +219,12 @@ def digest(obj) -> str:
 
 
 def render_params(s: BuildSettings) -> dict:
-    return {"steps": s.steps, "size": s.size, "recipe": s.recipe}
+    """The render settings of a unit panel, as ``render`` takes them (and as its hash reads them)."""
+    params = {"steps": s.steps, "size": s.size, "recipe": s.recipe}
+    if s.plateau:  # absent when off (0 or None), so the hashes of builds made before it existed still hold
+        params["plateau"] = s.plateau
+        params["plateau_share"] = s.plateau_share
+    return params
 
 
 def panel_settings(kind: str, s: BuildSettings, model_id: dict, extra: dict | None = None) -> dict:
@@ -201,7 +233,7 @@ def panel_settings(kind: str, s: BuildSettings, model_id: dict, extra: dict | No
     if kind in RENDER_KINDS:
         base |= render_params(s) | {"batch_size": s.batch_size, "seed": s.seed}
     elif kind == DIVERSITY:
-        base |= render_params(s) | {"weight": s.diversity, "images": s.diversity_images,
+        base |= render_params(s) | {"size": s.diversity_size or s.size, "weight": s.diversity, "images": s.diversity_images,
                                     "batch_size": s.diversity_batch, "seed": s.seed}
     elif kind == DREAM:
         base |= {"steps": s.steps, "recipe": s.recipe, "size": s.dream_size or s.size * 3 // 2, "seed": s.seed}
@@ -212,10 +244,15 @@ def panel_settings(kind: str, s: BuildSettings, model_id: dict, extra: dict | No
     elif kind == CIRCUITS:
         base |= {"top": s.circuit_units}
     elif kind == CARICATURE:
-        base |= render_params(s) | {"batch_size": s.batch_size, "seed": s.seed}
+        base |= render_params(s) | {"steps": caricature_steps(s), "batch_size": s.batch_size,
+                                    "seed": s.seed}
     if extra:
         base |= extra
     return base
+
+
+def caricature_steps(s: BuildSettings) -> int:
+    return min(s.caricature_steps or s.steps, s.steps)
 
 
 def batch_seed(settings_hash: str, *parts) -> int:

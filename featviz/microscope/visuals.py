@@ -14,6 +14,7 @@ returning a half-optimized image, so nothing unfinished is ever recorded.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -21,8 +22,9 @@ import torch
 from ..optvis import render, render_units
 from ..optvis.objectives import (Objective, Unit, batched_channels, deepdream, diversity, logit, spatial,
                                  with_relative_term)
+from ..optvis.axes import COSINE_FLOOR
 from ..optvis.render import finished
-from .settings import BuildSettings
+from .settings import BuildSettings, render_params
 
 Callback = Callable[[int, float], None] | None
 MAX_DIVERSITY_CHANNELS = 512  # wider layers measure diversity on an earlier layer (Gram cost ~ C^2)
@@ -32,21 +34,55 @@ def _check(result) -> None:
     finished(result)
 
 
+def rendered_layer(model, kind: str, layer: str) -> str:
+    """The layer a ``kind`` image of ``layer``'s units optimizes: the negative image of a rectified unit
+    (lite0's head ends in ReLU6) minimizes its pre-activation, because after the rectifier every image that
+    switches the unit off scores 0 (``ModelOrganism.pre_rectifier``); everything else, the layer itself."""
+    return model.pre_rectifier(layer) if kind == "negative" else layer
+
+
+def continuation(settings: dict, s: BuildSettings) -> dict | None:
+    """Render settings that carry on a batch the plateau stop ended with some images still rising: the steps
+    it did not take, from the learning rate its cosine schedule had reached (a fresh optimizer, so the first
+    steps do not jump), without a plateau. None when the render ran to the end or every image had levelled off."""
+    stopped, rising = settings.get("stopped_at_plateau"), settings.get("still_rising")
+    if not stopped or not rising or stopped >= s.steps:
+        return None
+    recipe = settings["recipe"]
+    lr = recipe["lr"]
+    if recipe.get("lr_schedule") == "cosine":
+        floor = COSINE_FLOOR * lr
+        lr = floor + (lr - floor) * (1 + math.cos(math.pi * stopped / max(s.steps - 1, 1))) / 2
+    return render_params(s) | {"steps": s.steps - stopped, "lr": lr, "plateau": None}
+
+
 def render_kind(model, kind: str, units: Sequence[tuple[str, int]], s: BuildSettings, seed: int,
                 callback: Callback = None) -> list[tuple[torch.Tensor, float]]:
-    """One batch: (image (3, H, W), final objective of this image) per unit."""
-    results = render_units(model, list(units), batch_size=len(units), kind=kind, size=s.size, steps=s.steps,
-                           recipe=s.recipe, seed=seed, callback=callback)
-    out = []
+    """One batch: (image (3, H, W), final objective of this image) per unit (of ``rendered_layer``).
+
+    With the build's plateau stop, the batch ends once most of its images have levelled off; the images still
+    rising then continue alone, so no image is cut short."""
+    units = [(rendered_layer(model, kind, layer), unit) for layer, unit in units]
+    results = render_units(model, list(units), batch_size=len(units), kind=kind, seed=seed, callback=callback,
+                           **render_params(s))
     for res in results:
         _check(res)
     if len(results) != len(units):
         raise KeyboardInterrupt
+    images = torch.cat([r.images for r in results])
+    more = continuation(results[0].settings, s)
+    if more is not None:
+        rising = results[0].settings["still_rising"]
+        carried = render_units(model, [units[i] for i in rising], batch_size=len(rising), kind=kind, seed=seed + 1,
+                               callback=callback, init_image=images[rising].to(model.device), **more)
+        for res in carried:
+            _check(res)
+        if len(carried) != len(rising):
+            raise KeyboardInterrupt
+        images[rising] = torch.cat([r.images for r in carried])
     # The engine keeps one history (sum over the batch); report each image's own value.
-    values = _final_values(model, kind, units, torch.cat([r.images for r in results]))
-    for res, value in zip(results, values):
-        out.append((res.images[0], value))
-    return out
+    values = _final_values(model, kind, units, images)
+    return list(zip(images, values))
 
 
 @torch.no_grad()
@@ -99,10 +135,21 @@ def render_diversity(model, units: Sequence[tuple[str, int]], s: BuildSettings, 
     per = s.diversity_images
     div_layers = {layer: diversity_layer(model, layer) for layer, _ in units}
     objective = grouped_diversity(units, per, s.diversity, div_layers).validate(model)
-    res = render(model, objective, size=s.size, batch=len(units) * per, steps=s.steps, recipe=s.recipe, seed=seed,
-                 callback=callback)
+    params = render_params(s) | {"size": s.diversity_size or s.size}
+    res = render(model, objective, batch=len(units) * per, seed=seed, callback=callback, **params)
     _check(res)
-    return [[res.images[u * per + j] for j in range(per)] for u in range(len(units))]
+    images = res.images
+    more = continuation(res.settings, s)
+    if more is not None:  # carry on the units with an image still rising, each with its whole group
+        rising = sorted({i // per for i in res.settings["still_rising"]})
+        rows = [u * per + j for u in rising for j in range(per)]
+        again = grouped_diversity([units[u] for u in rising], per, s.diversity, div_layers).validate(model)
+        carried = render(model, again, batch=len(rows), seed=seed + 1, callback=callback,
+                         init_image=images[rows].to(model.device), **(more | {"size": params["size"]}))
+        _check(carried)
+        images = images.clone()
+        images[rows] = carried.images
+    return [[images[u * per + j] for j in range(per)] for u in range(len(units))]
 
 
 def render_dream(model, layer: str, s: BuildSettings, seed: int, callback: Callback = None) -> torch.Tensor:

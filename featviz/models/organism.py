@@ -77,6 +77,13 @@ class _StopForward(Exception):
     """Raised by a hook to end the forward pass once every needed layer is seen."""
 
 
+def is_rectifier(module: nn.Module) -> bool:
+    """ReLU-like modules, whose output is 0 below a threshold: ReLU, ReLU6, Hardtanh with min 0."""
+    if isinstance(module, nn.ReLU):
+        return True
+    return isinstance(module, nn.Hardtanh) and float(module.min_val) == 0.0
+
+
 class ModelOrganism(nn.Module):
     """A network plus its input contract, labels and layer table.
 
@@ -235,6 +242,25 @@ class ModelOrganism(nn.Module):
     def module(self, name: str) -> nn.Module:
         self.layer(name)
         return self._modules_by_name[name]
+
+    def pre_rectifier(self, layer: str) -> str:
+        """The layer before ``layer``'s closing rectifier, when ``layer`` is a sequence ending in a ReLU-like
+        module whose input has the same channels (``head`` = conv, BN, ReLU6 in EfficientNet-Lite gives
+        ``head.bn``); else ``layer`` itself.
+
+        Why it matters: a rectified unit is exactly 0 for everything that does not excite it, so an
+        image optimized from grey gets no gradient, and "the image that inhibits it most" has no meaning
+        (every image that switches it off scores 0). Its pre-activation has both."""
+        module = self.module(layer)
+        children = list(module.named_children()) if isinstance(module, nn.Sequential) else []
+        if len(children) >= 2 and is_rectifier(children[-1][1]):
+            before = f"{layer}.{children[-2][0]}"
+            try:
+                if self.layer(before).channels == self.layer(layer).channels:
+                    return before
+            except FeatvizError:
+                pass
+        return layer
 
     def unit_description(self, layer: str, channel: int) -> str:
         """'layer:channel', plus the branch it comes from for a concatenating layer

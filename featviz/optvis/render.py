@@ -31,6 +31,10 @@ from .transforms import CLASS_CROPS, VIEW_ROBUST, TransformSpec
 
 MAX_STEPS = 100_000
 MAX_BATCH = 4096
+# The plateau stop scores the images every PLATEAU_CHECK steps (a pass without gradients: about 2 % of the
+# steps' cost) and compares each score with the one PLATEAU_WINDOW steps before.
+PLATEAU_CHECK = 16
+PLATEAU_WINDOW = 32
 
 
 def check_integer(name: str, value, low: int, high: int) -> int:
@@ -62,6 +66,15 @@ class Recipe:
     transforms: str | TransformSpec | Callable = "multicrop"
     lr_schedule: str | Callable = "cosine"  # constant | cosine (decay to 10 % of lr: settles the fine detail)
     max_rows: int | None = None  # rows (views x images) per forward pass; None: 16 on a CPU, 512 on a GPU
+    # Stop before ``steps`` once no image's objective rose by more than this fraction over the last
+    # PLATEAU_WINDOW steps (None: always run every step). Units behind a bounded activation (ReLU6) reach
+    # their ceiling, and their negatives reach 0, long before the last step; after that the gradient is
+    # (nearly) zero and further steps cost time without changing what the image shows.
+    plateau: float | None = None
+    # The share of the batch's images that must have levelled off for the plateau stop; below 1 the render
+    # stops with some images still rising and lists them in ``settings["still_rising"]``, for a caller that
+    # continues those alone (the microscope), instead of running the whole batch for its slowest images.
+    plateau_share: float = 1.0
 
     def __post_init__(self):
         check_integer("steps", self.steps, 1, MAX_STEPS)
@@ -70,6 +83,12 @@ class Recipe:
             raise FeatvizError(f"learning rate must be a positive number, got {self.lr!r}")
         if self.max_rows is not None:
             check_integer("max_rows", self.max_rows, 1, 1 << 20)
+        if self.plateau is not None and (isinstance(self.plateau, bool) or not isinstance(self.plateau, numbers.Real)
+                                         or not 0 <= self.plateau < 1):
+            raise FeatvizError(f"plateau must be a fraction in [0, 1) or None, got {self.plateau!r}")
+        if isinstance(self.plateau_share, bool) or not isinstance(self.plateau_share, numbers.Real) or not (
+                0 < self.plateau_share <= 1):
+            raise FeatvizError(f"plateau_share must be in (0, 1], got {self.plateau_share!r}")
         for axis in ("param", "transforms", "optimizer", "lr_schedule"):
             check_axis(axis, getattr(self, axis))
 
@@ -220,6 +239,8 @@ class _Optimization:
         steps, settings, description = self.recipe.steps, result.settings, self.objective.description
         last_good = None
         last_values = torch.zeros(self.batch)
+        plateau = (Plateau(self.recipe.plateau, self.model, self.objective, self.batch, self.recipe.plateau_share)
+                   if self.recipe.plateau is not None else None)
         start = time.perf_counter()
         with DeadStartRedirect(self.model, steps) as redirect:
             try:
@@ -251,6 +272,11 @@ class _Optimization:
                         bar.update(1)
                     if callback is not None:
                         callback(step, value)
+                    if (plateau is not None and plateau.due(step) and not redirect.active
+                            and plateau.reached(self.image_param().detach())):
+                        settings["stopped_at_plateau"] = step
+                        settings["still_rising"] = plateau.rising()
+                        break
             except KeyboardInterrupt:
                 result.interrupted = True
             finally:
@@ -264,6 +290,42 @@ class _Optimization:
         settings["seconds"] = round(time.perf_counter() - start, 3)
         settings["final_objective"] = result.history[-1] if result.history else None
         return result
+
+
+class Plateau:
+    """Whether every image's objective has stopped rising.
+
+    Every ``PLATEAU_CHECK`` steps the images are scored as they are (one pass without gradients, no random
+    views: the values the loop sees vary with each step's views, these do not), and the score is compared with
+    the one ``PLATEAU_WINDOW`` steps before: reached when no image gained more than ``fraction`` of the largest
+    size its score has had. So an objective that rises from 0 is judged against where it got to, and one that
+    falls to 0 (a negative unit at a ReLU's floor) against where it started."""
+
+    def __init__(self, fraction: float, model: ModelOrganism, objective: Objective, batch: int, share: float = 1.0):
+        self.fraction, self.model, self.objective, self.batch, self.share = fraction, model, objective, batch, share
+        self.scores: list[torch.Tensor] = []
+        self.peak = torch.zeros(batch)
+        self.flat = torch.zeros(batch, dtype=torch.bool)
+
+    def due(self, step: int) -> bool:
+        return step % PLATEAU_CHECK == 0
+
+    @torch.no_grad()
+    def reached(self, images: torch.Tensor) -> bool:
+        """Score ``images`` (the batch as it is now) and say whether the objective has levelled off."""
+        rgb = images[:, :3]
+        score = self.objective(self.model.activations(rgb, self.objective.layers), self.batch).float().cpu()
+        self.scores.append(score)
+        self.peak = torch.maximum(self.peak, score.abs())
+        back = PLATEAU_WINDOW // PLATEAU_CHECK
+        if len(self.scores) <= back:
+            return False
+        self.flat = score - self.scores[-1 - back] <= self.fraction * self.peak
+        return bool(self.flat.float().mean() >= self.share - 1e-9)
+
+    def rising(self) -> list[int]:
+        """The images that had not levelled off at the last check."""
+        return [i for i in range(self.batch) if not self.flat[i]]
 
 
 def resolve_recipe(recipe: str | Recipe, objective: Objective, overrides: dict) -> Recipe:

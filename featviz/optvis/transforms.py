@@ -156,6 +156,31 @@ class RandomZoom(nn.Module):
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
+class RandomBlur(nn.Module):
+    """Blur every view by a Gaussian of a random width in [0, ``max_sigma``] px (one width per step): detail
+    finer than a blur can hide counts for nothing, which steers the image towards structure a network of
+    another architecture (or a quantized one, that rounds fine detail away) also reads."""
+
+    def __init__(self, max_sigma: float):
+        super().__init__()
+        if not 0 <= max_sigma <= 16:
+            raise FeatvizError(f"blur must be between 0 and 16 px, got {max_sigma}")
+        self.max_sigma = max_sigma
+
+    def forward(self, x, generator=None):
+        sigma = float(_uniform(1, 0.0, self.max_sigma, generator, x.device))
+        radius = math.ceil(2 * sigma)
+        if radius == 0:
+            return x
+        offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+        kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+        kernel = kernel / kernel.sum()
+        c = x.shape[1]
+        padded = F.pad(x, [radius, radius, radius, radius], mode="reflect")
+        rows = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+        return F.conv2d(rows, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
 class Compose(nn.Module):
     def __init__(self, transforms: Sequence[nn.Module]):
         super().__init__()
@@ -192,6 +217,7 @@ class TransformSpec:
     # so the views' magnifications straddle 1, the scale at which the finished image is looked at, and each
     # step is cheaper (0.8**2 of the pixels).
     view_side: float = 1.0
+    blur: float = 0.0  # RandomBlur: each step's views blurred by a Gaussian of width up to this many px
 
     def build(self, out_size: int) -> Compose:
         parts: list[nn.Module] = []
@@ -199,15 +225,16 @@ class TransformSpec:
             parts.append(Pad(self.pad))
         if self.jitter:
             parts.append(Jitter(self.jitter))
+        blur = [RandomBlur(self.blur)] if self.blur else []
         if self.zoom is not None:
             return Compose(parts + [RandomZoom(self.zoom, self.translate, out_size, self.crop_enlarged,
-                                              self.max_view)])
+                                              self.max_view)] + blur)
         if not 0 < self.view_side <= 4:
             raise FeatvizError(f"view_side must be in (0, 4], got {self.view_side}")
         view_size = max(8, round(out_size * self.view_side))
         parts.append(RandomAffine(self.scale, self.degrees, self.translate, view_size, self.views, self.noise,
                                   self.keep_inside))
-        return Compose(parts)
+        return Compose(parts + blur)
 
 
 # Lucid's classic chain (pad 12, jitter 8, scale 0.9-1.1, rotate ±10°, jitter 4),
