@@ -120,7 +120,7 @@ def test_navigate_a_static_site_from_file_urls(site, browser, shots, tmp_path):
     page.click("#u1")
     page.wait_for_url("**/tiny/c2/1/index.html")
     imgs = w.images_loaded()
-    assert len(imgs) >= 3 + 4 + 3  # visualizations, diversity, some examples
+    assert len(imgs) >= 3 + 3 + 3  # visualizations, diversity, some examples
     w.shot(shots, "file-3-unit")
     page.keyboard.press("ArrowRight")
     page.wait_for_url("**/tiny/c2/2/index.html")
@@ -182,7 +182,7 @@ def test_navigate_under_featviz_serve_and_render_on_demand(server, browser, shot
     wait_js(page, "document.querySelectorAll('[data-pending]').length === 0", timeout=60)
     wait_js(page, "document.getElementById('live-status').textContent.startsWith('done')")
     imgs = w.images_loaded()
-    assert sum("/_live/tiny/c3/11/" in src for src, _ in imgs) == 2 * (3 + 4)  # in place and in the results
+    assert sum("/_live/tiny/c3/11/" in src for src, _ in imgs) == 2 * (3 + 3)  # in place and in the results (3 visualizations, 3 diverse)
     assert page.evaluate("document.getElementById('live-progress').value") == 1
     w.shot(shots, "serve-2-on-demand")
     assert not w.errors, w.errors
