@@ -8,7 +8,7 @@
     from featviz.server import create_app                        # featviz serve SITE (not imported here)
     app = create_app("site")
 
-A unit page shows the channel, neuron, four diverse and the negative
+A unit page shows the channel, neuron, three diverse and the negative
 visualizations, a caricature of its top photo, the top and bottom dataset
 examples (crops and whole photos), the classes the unit pushes up and down and
 its circuits (the earlier units that excite and inhibit it most); a layer page
