@@ -375,14 +375,29 @@ def class_judges(model) -> dict:
     return judges
 
 
+CLASS_CANDIDATES = 1  # --class-candidates: renders per class (seeds 0..N-1), the best kept by lite0's own view
+
+
 def render_class_set(model, classes, recipe, kind, batch):
-    """The classes rendered ``batch`` per optimization (one class per batch element, as the microscope does)."""
+    """The classes rendered ``batch`` per optimization (one class per batch element, as the microscope does).
+    With ``CLASS_CANDIDATES`` > 1 each class is rendered from that many seeds and the image kept is the one
+    lite0 itself (the network rendered, never a judge) gives the highest view-robust probability of the class."""
+    from featviz.optvis.quality import view_robust_activation
+
     single = {"logit": O.logit, "prob": O.probability}[kind]
     images = []
     for first in range(0, len(classes), batch):
         chunk = classes[first:first + batch]
         objective = O.Objective.sum([single(c).only(i) for i, c in enumerate(chunk)])
-        images.append(featviz.render(model, objective, size=224, batch=len(chunk), recipe=recipe, seed=0).images)
+        tries = [featviz.render(model, objective, size=224, batch=len(chunk), recipe=recipe, seed=seed).images
+                 for seed in range(CLASS_CANDIDATES)]
+        if len(tries) == 1:
+            images.append(tries[0])
+            continue
+        judge_self = O.Objective.sum([O.probability(c).only(i) for i, c in enumerate(chunk)])
+        scores = torch.stack([view_robust_activation(model, t, judge_self) for t in tries])  # (tries, chunk)
+        best = scores.argmax(0)
+        images.append(torch.stack([tries[int(b)][i] for i, b in enumerate(best)]))
     return torch.cat(images)
 
 
@@ -512,6 +527,8 @@ def main():
                         help="classes: which sets (ten = the README's, held-out 1, held-out 2; empty: only the time "
                              "ratio)")
     parser.add_argument("--class-batch", type=int, default=10, help="classes rendered per optimization")
+    parser.add_argument("--class-candidates", type=int, default=1,
+                        help="render each class from this many seeds and keep the one lite0 rates best over fixed views")
     parser.add_argument("--class-reference", default="default",
                         help="classes: the recipe whose time per class the others are divided by")
     parser.add_argument("--out", default=str(CACHE))
@@ -519,6 +536,8 @@ def main():
     parser.add_argument("--throughput-batches", default="1,16,64")
     parser.add_argument("--throughput-sizes", default="128,224")
     args = parser.parse_args()
+    global CLASS_CANDIDATES
+    CLASS_CANDIDATES = max(1, args.class_candidates)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
