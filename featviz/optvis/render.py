@@ -66,8 +66,8 @@ class Recipe:
     transforms: str | TransformSpec | Callable = "multicrop"
     lr_schedule: str | Callable = "cosine"  # constant | cosine (decay to 10 % of lr: settles the fine detail)
     max_rows: int | None = None  # rows (views x images) per forward pass; None: 16 on a CPU, 512 on a GPU
-    # Stop before ``steps`` once no image's objective rose by more than this fraction over the last
-    # PLATEAU_WINDOW steps (None: always run every step). Units behind a bounded activation (ReLU6) reach
+    # Stop before ``steps`` once no image's objective (scored without random views, see ``Plateau``) rose over
+    # the last PLATEAU_WINDOW steps by more than this fraction of the largest it has been (None: every step). Units behind a bounded activation (ReLU6) reach
     # their ceiling, and their negatives reach 0, long before the last step; after that the gradient is
     # (nearly) zero and further steps cost time without changing what the image shows.
     plateau: float | None = None
@@ -272,11 +272,13 @@ class _Optimization:
                         bar.update(1)
                     if callback is not None:
                         callback(step, value)
-                    if (plateau is not None and plateau.due(step) and not redirect.active
-                            and plateau.reached(self.image_param().detach())):
-                        settings["stopped_at_plateau"] = step
-                        settings["still_rising"] = plateau.rising()
-                        break
+                    if plateau is not None and plateau.due(step) and not redirect.active:
+                        with torch.no_grad():
+                            levelled = plateau.reached(self.image_param())
+                        if levelled:
+                            settings["stopped_at_plateau"] = step
+                            settings["still_rising"] = plateau.rising()
+                            break
             except KeyboardInterrupt:
                 result.interrupted = True
             finally:
@@ -293,7 +295,7 @@ class _Optimization:
 
 
 class Plateau:
-    """Whether every image's objective has stopped rising.
+    """Whether the batch's images (all of them, or ``share`` of them) have stopped rising.
 
     Every ``PLATEAU_CHECK`` steps the images are scored as they are (one pass without gradients, no random
     views: the values the loop sees vary with each step's views, these do not), and the score is compared with
