@@ -465,8 +465,9 @@ class _Builder:
             seed = batch_seed(h, layer, rows[0][0][0])
             # photos of a batch share the size of the examples pass (or are the one given photo)
             job = Job(caricature.render_caricatures, (layer, torch.cat([r[1] for r in rows]), self.s, seed))
+            units_of_batch = _span(sorted(u for r in rows for u in r[0]))
             label = (f"{layer}: caricatures of the given photo" if photo else
-                     f"{layer}: caricatures of units {_span(sorted(u for r in rows for u in r[0]))} ({len(rows)} photos)")
+                     f"{layer}: caricatures of units {units_of_batch} ({len(rows)} photos)")
             work.append(_Work(job, partial(self._finish_caricatures, layer, rows, seed, settings, h, label), layer,
                               CARICATURE))
         return work

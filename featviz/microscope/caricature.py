@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ..optvis import render
 from ..optvis.objectives import Objective, Unit
 from ..optvis.transforms import TransformSpec
-from .settings import BuildSettings, caricature_steps, render_params
+from .settings import BuildSettings, caricature_params
 
 # Small shifts only: the activation map is compared position by position with the photo's,
 # so the transforms must not move the image by more than a couple of pixels.
@@ -73,10 +73,8 @@ def render_caricatures(model, layer: str, photos: torch.Tensor, s: BuildSettings
     photos = F.interpolate(photos.float() / 255.0, size=(s.size, s.size), mode="bilinear", align_corners=False,
                            antialias=True).clamp(0, 1)
     targets = layer_targets(model, layer, photos)
-    # No plateau stop: a caricature keeps exaggerating (slowly) to the last step.
-    params = render_params(s) | {"plateau": None, "steps": caricature_steps(s)}
     res = render(model, caricature_objective(layer, targets), batch=photos.shape[0], transforms=TRANSFORMS,
-                 seed=seed, init_image=photos.to(model.device), callback=callback, **params)
+                 seed=seed, init_image=photos.to(model.device), callback=callback, **caricature_params(s))
     if res.interrupted:
         raise KeyboardInterrupt
     images = res.images.cpu()

@@ -33,7 +33,7 @@ from . import circuits
 from .classes import describe
 from .manifest import Manifest, Panel
 from .settings import (BASELINE_CKA, CARICATURE, CIRCUITS, CLASS_PAGES_DIR, CLASS_PHOTOS, CLASS_UNITS, CLASS_VIS, CLASSES,
-                       CLASSES_DIR, COMPARE, COMPARE_DIR, DIVERSITY, DREAM, EXAMPLES, STATIC_DIR, slug)
+                       CLASSES_DIR, COMPARE, COMPARE_DIR, DIVERSITY, DREAM, EXAMPLES, STATIC_DIR, BuildSettings, slug)
 
 REPORT = "report:"      # panel kind prefix of reports: report:transfer
 REPORTS_DIR = "_reports"
@@ -198,7 +198,7 @@ def unit_page(view: ModelView, layer: str, unit: int, extra: dict[str, Panel] | 
         settings=build_settings(view), model_name=view.name, channels=layer_info["channels"],
         height=layer_info.get("height"), width=layer_info.get("width"), prev=prev, next=nxt, visuals=visuals,
         diversity=[Path(f).name for f in diversity.files] if diversity is not None else [],
-        diversity_images=int(settings.get("diversity_images") or 3),
+        diversity_images=int(settings.get("diversity_images") or BuildSettings.diversity_images),
         examples=_examples_view(get(EXAMPLES)), classes=_classes_view(view, layer, get(CLASSES)),
         circuits=_circuits_view(view, layer, get(CIRCUITS)),
         start=_start_view(view, baseline, layer, unit, get("channel"), get(EXAMPLES)),

@@ -233,8 +233,8 @@ def panel_settings(kind: str, s: BuildSettings, model_id: dict, extra: dict | No
     if kind in RENDER_KINDS:
         base |= render_params(s) | {"batch_size": s.batch_size, "seed": s.seed}
     elif kind == DIVERSITY:
-        base |= render_params(s) | {"size": s.diversity_size or s.size, "weight": s.diversity, "images": s.diversity_images,
-                                    "batch_size": s.diversity_batch, "seed": s.seed}
+        base |= diversity_params(s) | {"weight": s.diversity, "images": s.diversity_images,
+                                       "batch_size": s.diversity_batch, "seed": s.seed}
     elif kind == DREAM:
         base |= {"steps": s.steps, "recipe": s.recipe, "size": s.dream_size or s.size * 3 // 2, "seed": s.seed}
     elif kind == CLASS_VIS:
@@ -244,15 +244,22 @@ def panel_settings(kind: str, s: BuildSettings, model_id: dict, extra: dict | No
     elif kind == CIRCUITS:
         base |= {"top": s.circuit_units}
     elif kind == CARICATURE:
-        base |= render_params(s) | {"steps": caricature_steps(s), "batch_size": s.batch_size,
-                                    "seed": s.seed}
+        base |= caricature_params(s) | {"batch_size": s.batch_size, "seed": s.seed}
     if extra:
         base |= extra
     return base
 
 
-def caricature_steps(s: BuildSettings) -> int:
-    return min(s.caricature_steps or s.steps, s.steps)
+def diversity_params(s: BuildSettings) -> dict:
+    """``render_params`` of the diversity images, at their own size."""
+    return render_params(s) | {"size": s.diversity_size or s.size}
+
+
+def caricature_params(s: BuildSettings) -> dict:
+    """``render_params`` of a caricature: its own steps (at most the build's), and no plateau stop, because a
+    caricature keeps exaggerating (slowly) to the last step."""
+    params = {k: v for k, v in render_params(s).items() if k not in ("plateau", "plateau_share")}
+    return params | {"steps": min(s.caricature_steps or s.steps, s.steps)}
 
 
 def batch_seed(settings_hash: str, *parts) -> int:

@@ -24,7 +24,7 @@ from ..optvis.objectives import (Objective, Unit, batched_channels, deepdream, d
                                  with_relative_term)
 from ..optvis.axes import COSINE_FLOOR
 from ..optvis.render import finished
-from .settings import BuildSettings, render_params
+from .settings import BuildSettings, diversity_params, render_params
 
 Callback = Callable[[int, float], None] | None
 MAX_DIVERSITY_CHANNELS = 512  # wider layers measure diversity on an earlier layer (Gram cost ~ C^2)
@@ -135,7 +135,7 @@ def render_diversity(model, units: Sequence[tuple[str, int]], s: BuildSettings, 
     per = s.diversity_images
     div_layers = {layer: diversity_layer(model, layer) for layer, _ in units}
     objective = grouped_diversity(units, per, s.diversity, div_layers).validate(model)
-    params = render_params(s) | {"size": s.diversity_size or s.size}
+    params = diversity_params(s)
     res = render(model, objective, batch=len(units) * per, seed=seed, callback=callback, **params)
     _check(res)
     images = res.images
