@@ -497,18 +497,46 @@ def test_pre_rectifier_names_the_layer_before_a_closing_relu(lite0):
     assert lite0.pre_rectifier("head") == "head.bn" and lite0.pre_rectifier("blocks.13") == "blocks.13"
 
 
+def test_diversity_images_stop_at_their_own_plateau_and_only_their_hash_follows_it():
+    from dataclasses import replace
+
+    from featviz.microscope.settings import digest, diversity_params, panel_settings, render_params
+
+    s = preset("full")
+    assert diversity_params(s)["plateau"] == s.diversity_plateau == 0.03 and render_params(s)["plateau"] == 0.01
+    looser = replace(s, diversity_plateau=0.05)
+    model_id = {"name": "m"}
+    hashes = lambda kind, settings: digest(panel_settings(kind, settings, model_id))  # noqa: E731
+    assert hashes("diversity", s) != hashes("diversity", looser)
+    assert hashes("channel", s) == hashes("channel", looser)
+    assert "plateau" not in diversity_params(preset("quick"))  # the quick preset runs every step
+    with pytest.raises(FeatvizError, match="diversity plateau must be a fraction"):
+        preset("full", diversity_plateau=1.5)
+    with pytest.raises(FeatvizError, match="negative steps must be between"):
+        preset("full", negative_steps=0)
+
+
 def test_a_batch_stopped_at_its_plateau_continues_the_images_still_rising():
+    from featviz.microscope.settings import kind_params
     from featviz.microscope.visuals import continuation
 
     s = preset("full")
     assert s.plateau == 0.01 and s.plateau_share == 0.9 and s.steps == 256
+    params = kind_params("channel", s)
     recipe = {"lr": 0.15, "lr_schedule": "cosine"}
-    more = continuation({"stopped_at_plateau": 128, "still_rising": [3, 7], "recipe": recipe}, s)
-    # the steps left, from where the cosine schedule had got to (half way: 0.55 of lr), without a plateau
-    assert more["steps"] == 128 and more["plateau"] is None and more["size"] == s.size
+    more = continuation({"stopped_at_plateau": 128, "still_rising": [3, 7], "recipe": recipe}, params)
+    # the steps left, from where the cosine schedule had got to (half way: 0.55 of lr), at the same plateau
+    # until all of the carried images level off
+    assert more["steps"] == 128 and more["size"] == s.size
+    assert more["plateau"] == 0.01 and more["plateau_share"] == 1.0
     assert math.isclose(more["lr"], 0.015 + 0.135 * (1 + math.cos(math.pi * 128 / 255)) / 2)
-    assert continuation({"stopped_at_plateau": 128, "still_rising": [], "recipe": recipe}, s) is None
-    assert continuation({"recipe": recipe}, s) is None  # ran to the end
+    assert continuation({"stopped_at_plateau": 128, "still_rising": [], "recipe": recipe}, params) is None
+    assert continuation({"recipe": recipe}, params) is None  # ran to the end
     constant = continuation({"stopped_at_plateau": 64, "still_rising": [0], "recipe": {"lr": 0.05,
-                                                                                    "lr_schedule": "constant"}}, s)
+                                                                                    "lr_schedule": "constant"}}, params)
     assert constant["lr"] == 0.05 and constant["steps"] == 192
+    # a negative runs its own (fewer) steps, and is carried on only to the end of those
+    negative = kind_params("negative", s)
+    assert negative["steps"] == s.negative_steps == 128 and kind_params("negative", preset("quick"))["steps"] == 64
+    assert continuation({"stopped_at_plateau": 96, "still_rising": [1], "recipe": recipe}, negative)["steps"] == 32
+    assert continuation({"stopped_at_plateau": 128, "still_rising": [1], "recipe": recipe}, negative) is None

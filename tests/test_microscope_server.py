@@ -39,7 +39,7 @@ def site(tmp_path_factory, model):
     site = tmp_path_factory.mktemp("site")
     # plateau 0: on-demand renders (which take the build's settings) run every step they are asked for, so a
     # job with a huge step count can only end at its time limit
-    build(model, site, photos, **(TINY | {"layers": ["c2", "c3"], "plateau": 0}))
+    build(model, site, photos, **(TINY | {"layers": ["c2", "c3"], "plateau": 0, "diversity_plateau": 0}))
     return site
 
 

@@ -55,7 +55,7 @@ def microscope():
 @click.option("--no-baseline", is_flag=True, help="no starting network, even for a fine-tuning run")
 @click.option("--plateau", type=click.FloatRange(0, 0.5), default=None,
               help="stop a render batch once no image gained more than this fraction over 32 steps; 0: run every "
-                   "step (default: 0.01 full, 0 quick)")
+                   "step (default, full: 0.01, and 0.03 for the diversity images; quick: 0)")
 @click.option("--quiet", "-q", is_flag=True, help="no progress lines")
 @device_option
 @engine_options
@@ -78,7 +78,7 @@ def build_cmd(model, data_dir, layers, units, out, steps, size, quick, batch_siz
                      k=k, seed=seed,
                      classes=tuple(parse_indices(classes, "--classes", organism.num_classes, "class"))
                      if classes else None, caricature_photo=str(caricature_photo) if caricature_photo else None,
-                     plateau=plateau)
+                     plateau=plateau, diversity_plateau=plateau)
     log = None if quiet else (lambda msg: click.echo(msg, err=True))
     if data_dir is None and not quiet:
         click.echo("no --data given: using the embedded demo photos", err=True)

@@ -2,7 +2,7 @@
 
 Two presets: ``quick`` (a newcomer's first look: 3 layers x 8 units, 64 steps at
 96 px, the embedded demo photos) and ``full`` (6 layers spanning the depth,
-every unit, 256 steps at 128 px, 32 units per render batch). Both use the ``auto`` recipe: view-robust
+every unit, 256 steps at 128 px, 16 units per render batch). Both use the ``auto`` recipe: view-robust
 random zoom for units (images that keep their activation when the page shows
 them at another size), the multi-crop ``classes`` recipe for class images. Any field can be overridden.
 
@@ -68,7 +68,8 @@ class BuildSettings:
     seed: base of every per-batch seed.
     circuit_units: units listed as exciting and as inhibiting on a circuits panel.
     caricature_photo: a photo to caricature on every layer (None: each unit's top dataset example);
-    caricature_steps: steps of a caricature, at most ``steps`` (None: steps).
+    caricature_steps, negative_steps: steps of a caricature, of a negative image, at most ``steps`` (None: steps).
+    plateau, plateau_share, diversity_plateau: when a render batch stops early (``Recipe.plateau``).
     """
 
     preset: str = "full"
@@ -78,14 +79,16 @@ class BuildSettings:
     steps: int = 256
     size: int = 128
     recipe: str = "auto"
-    # 32 images per optimization: on a CPU a forward + backward of a deep layer's small maps costs per
-    # image far less at 32 rows than at 16 (benchmarks/bench_microscope_slice.py); a GPU wants more still.
-    batch_size: int = 32
+    # 16 images per optimization: on this 2-core CPU a whole 16-unit render costs per unit 0.6-0.75x a 32-unit one
+    # (deep layers at 128 px; the working set of 32 images falls out of the cache), and the slice benchmark's
+    # estimated full build fell by 9 % (docs/microscope.md). A GPU wants more (``--batch-size``).
+    batch_size: int = 16
     diversity: float = 1.0
     # Three images beside the channel image: with the channel image they show four solutions for the unit,
     # and a fourth diverse image was a quarter of the build's largest panel (docs/microscope.md).
     diversity_images: int = 3
-    diversity_batch: int = 8
+    # 4 units x 3 images = 12 rows per optimization, for the same reason (head: 0.7x the time of 8 units x 3).
+    diversity_batch: int = 4
     # The unit page shows each diversity image at 120 CSS px, so a 96 px render is seen at 1.25x, inside the
     # magnifications the unit recipe is robust to; it costs (96/128)^2 = 0.56 of a 128 px one, and diversity is
     # the build's largest panel (benchmarks/bench_microscope_slice.py measures both the time and the images).
@@ -103,6 +106,10 @@ class BuildSettings:
     # A caricature starts from a photo, not from noise, and half the steps give most of its exaggeration: on
     # lite0's head, 1.31x the photo's own activation along its direction at step 128 against 1.36x at 256.
     caricature_steps: int | None = 128
+    # A negative image only has to turn its unit off, and half the steps do: on lite0's head 128 steps lower the
+    # view-robust pre-activation to 0.89x what 256 do (median -27.3 against -30.8 over 8 units), the same picture
+    # a little less saturated. Negatives never reach a plateau (a pre-activation has no floor), so this is their stop.
+    negative_steps: int | None = 128
     # Unit renders stop once no image of the batch gains more than this fraction over 32 steps (``Recipe.plateau``;
     # 0 or None: every step): units behind ReLU6 (lite0's head) reach the ceiling of 6, and their negatives 0, by
     # step 100-150 of 256; units of unbounded layers keep rising and run every step.
@@ -110,6 +117,10 @@ class BuildSettings:
     # ... once this share of the batch's images has levelled off; the images still rising then continue alone
     # for the steps left (``visuals.render_kind``), so the slowest units no longer hold up the whole batch.
     plateau_share: float = 0.9
+    # The diversity images stop at a looser plateau: on lite0's head their activation reaches the ReLU6 ceiling
+    # and their Gram cosines fall below 0.04 by step ~100, and the last 150 steps only polish cosines already near
+    # 0 (0.013 against 0.009 at 0.01, the same activation); units of unbounded layers keep rising past 3 % and run on.
+    diversity_plateau: float | None = 0.03
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,7 +130,7 @@ PRESETS = {
     "full": BuildSettings(),
     "quick": BuildSettings(preset="quick", n_layers=3, units=8, steps=64, size=96, recipe="auto", batch_size=8,
                            diversity_batch=4, diversity_size=None, k=6, n_classes=4, plateau=None,
-                           caricature_steps=None),
+                           diversity_plateau=None, caricature_steps=None, negative_steps=None),
 }
 
 # Classes shown on the model page of an ImageNet model when none are given: recognizable ones first.
@@ -161,14 +172,18 @@ def check(s: BuildSettings) -> None:
         raise FeatvizError("batch sizes must be at least 1")
     if s.diversity_images < 2:
         raise FeatvizError("diversity needs at least 2 images per unit")
-    if s.plateau is not None and not 0 <= s.plateau < 1:
-        raise FeatvizError(f"plateau must be a fraction in [0, 1), got {s.plateau}")
+    for name in ("plateau", "diversity_plateau"):
+        value = getattr(s, name)
+        if value is not None and not 0 <= value < 1:
+            raise FeatvizError(f"{name.replace('_', ' ')} must be a fraction in [0, 1), got {value}")
     if s.diversity_size is not None and not 16 <= s.diversity_size <= 4096:
         raise FeatvizError(f"diversity size must be between 16 and 4096 px, got {s.diversity_size}")
     if not 0 < s.plateau_share <= 1:
         raise FeatvizError(f"plateau share must be in (0, 1], got {s.plateau_share}")
-    if s.caricature_steps is not None and not 1 <= s.caricature_steps <= 100_000:
-        raise FeatvizError(f"caricature steps must be between 1 and 100000, got {s.caricature_steps}")
+    for name in ("caricature_steps", "negative_steps"):
+        value = getattr(s, name)
+        if value is not None and not 1 <= value <= 100_000:
+            raise FeatvizError(f"{name.replace('_', ' ')} must be between 1 and 100000, got {value}")
     if s.k < 1:
         raise FeatvizError(f"k (dataset examples per list) must be at least 1, got {s.k}")
     if isinstance(s.units, int) and s.units < 1:
@@ -231,7 +246,7 @@ def panel_settings(kind: str, s: BuildSettings, model_id: dict, extra: dict | No
     """The plain-data settings a panel depends on (its hash is ``digest`` of this)."""
     base = {"format": FORMAT, "panel": kind, "model": model_id}
     if kind in RENDER_KINDS:
-        base |= render_params(s) | {"batch_size": s.batch_size, "seed": s.seed}
+        base |= kind_params(kind, s) | {"batch_size": s.batch_size, "seed": s.seed}
     elif kind == DIVERSITY:
         base |= diversity_params(s) | {"weight": s.diversity, "images": s.diversity_images,
                                        "batch_size": s.diversity_batch, "seed": s.seed}
@@ -250,9 +265,17 @@ def panel_settings(kind: str, s: BuildSettings, model_id: dict, extra: dict | No
     return base
 
 
+def kind_params(kind: str, s: BuildSettings) -> dict:
+    """``render_params`` of a channel, neuron or negative panel: a negative runs its own steps (at most the build's)."""
+    params = render_params(s)
+    if kind == "negative":
+        params["steps"] = min(s.negative_steps or s.steps, s.steps)
+    return params
+
+
 def diversity_params(s: BuildSettings) -> dict:
-    """``render_params`` of the diversity images, at their own size."""
-    return render_params(s) | {"size": s.diversity_size or s.size}
+    """``render_params`` of the diversity images, at their own size and plateau."""
+    return render_params(replace(s, plateau=s.diversity_plateau)) | {"size": s.diversity_size or s.size}
 
 
 def caricature_params(s: BuildSettings) -> dict:

@@ -24,7 +24,7 @@ from ..optvis.objectives import (Objective, Unit, batched_channels, deepdream, d
                                  with_relative_term)
 from ..optvis.axes import COSINE_FLOOR
 from ..optvis.render import finished
-from .settings import BuildSettings, diversity_params, render_params
+from .settings import BuildSettings, diversity_params, kind_params
 
 Callback = Callable[[int, float], None] | None
 MAX_DIVERSITY_CHANNELS = 512  # wider layers measure diversity on an earlier layer (Gram cost ~ C^2)
@@ -41,19 +41,22 @@ def rendered_layer(model, kind: str, layer: str) -> str:
     return model.pre_rectifier(layer) if kind == "negative" else layer
 
 
-def continuation(settings: dict, s: BuildSettings) -> dict | None:
-    """Render settings that carry on a batch the plateau stop ended with some images still rising: the steps
-    it did not take, from the learning rate its cosine schedule had reached (a fresh optimizer, so the first
-    steps do not jump), without a plateau. None when the render ran to the end or every image had levelled off."""
+def continuation(settings: dict, params: dict) -> dict | None:
+    """Render settings that carry on a batch the plateau stop ended with some images still rising: the steps of
+    ``params`` (the batch's own render settings) it did not take, from the learning rate its cosine schedule had
+    reached (a fresh optimizer, so the first steps do not jump), until every carried image has levelled off too
+    (the same plateau, all of them) or the steps run out. None when the render ran to the end or every image had
+    levelled off."""
     stopped, rising = settings.get("stopped_at_plateau"), settings.get("still_rising")
-    if not stopped or not rising or stopped >= s.steps:
+    steps = params["steps"]
+    if not stopped or not rising or stopped >= steps:
         return None
     recipe = settings["recipe"]
     lr = recipe["lr"]
     if recipe.get("lr_schedule") == "cosine":
         floor = COSINE_FLOOR * lr
-        lr = floor + (lr - floor) * (1 + math.cos(math.pi * stopped / max(s.steps - 1, 1))) / 2
-    return render_params(s) | {"steps": s.steps - stopped, "lr": lr, "plateau": None}
+        lr = floor + (lr - floor) * (1 + math.cos(math.pi * stopped / max(steps - 1, 1))) / 2
+    return params | {"steps": steps - stopped, "lr": lr, "plateau_share": 1.0}
 
 
 def render_kind(model, kind: str, units: Sequence[tuple[str, int]], s: BuildSettings, seed: int,
@@ -63,14 +66,15 @@ def render_kind(model, kind: str, units: Sequence[tuple[str, int]], s: BuildSett
     With the build's plateau stop, the batch ends once most of its images have levelled off; the images still
     rising then continue alone, so no image is cut short."""
     units = [(rendered_layer(model, kind, layer), unit) for layer, unit in units]
+    params = kind_params(kind, s)
     results = render_units(model, list(units), batch_size=len(units), kind=kind, seed=seed, callback=callback,
-                           **render_params(s))
+                           **params)
     for res in results:
         _check(res)
     if len(results) != len(units):
         raise KeyboardInterrupt
     images = torch.cat([r.images for r in results])
-    more = continuation(results[0].settings, s)
+    more = continuation(results[0].settings, params)
     if more is not None:
         rising = results[0].settings["still_rising"]
         carried = render_units(model, [units[i] for i in rising], batch_size=len(rising), kind=kind, seed=seed + 1,
@@ -139,13 +143,13 @@ def render_diversity(model, units: Sequence[tuple[str, int]], s: BuildSettings, 
     res = render(model, objective, batch=len(units) * per, seed=seed, callback=callback, **params)
     _check(res)
     images = res.images
-    more = continuation(res.settings, s)
+    more = continuation(res.settings, params)
     if more is not None:  # carry on the units with an image still rising, each with its whole group
         rising = sorted({i // per for i in res.settings["still_rising"]})
         rows = [u * per + j for u in rising for j in range(per)]
         again = grouped_diversity([units[u] for u in rising], per, s.diversity, div_layers).validate(model)
         carried = render(model, again, batch=len(rows), seed=seed + 1, callback=callback,
-                         init_image=images[rows].to(model.device), **(more | {"size": params["size"]}))
+                         init_image=images[rows].to(model.device), **more)
         _check(carried)
         images = images.clone()
         images[rows] = carried.images

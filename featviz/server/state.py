@@ -156,7 +156,9 @@ class SiteState:
         recorded = dict(view.info.get("settings") or {})
         base = preset(recorded.get("preset") if recorded.get("preset") in ("quick", "full") else "quick")
         kept = {k: recorded[k] for k in ("recipe", "batch_size", "diversity", "diversity_images", "diversity_batch",
-                                         "plateau", "plateau_share", "caricature_steps") if k in recorded}
+                                         "plateau", "plateau_share", "diversity_plateau", "caricature_steps",
+                                         "negative_steps")
+                if k in recorded}
         # The diversity images keep the build's own size only when the request is at the build's size.
         kept["diversity_size"] = recorded.get("diversity_size") if size == recorded.get("size") else None
         return replace(base, **kept, steps=steps, size=size, seed=seed)
