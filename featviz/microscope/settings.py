@@ -80,8 +80,8 @@ class BuildSettings:
     size: int = 128
     recipe: str = "auto"
     # 16 images per optimization: on this 2-core CPU a whole 16-unit render costs per unit 0.6-0.75x a 32-unit one
-    # (deep layers at 128 px; the working set of 32 images falls out of the cache), and the slice benchmark's
-    # estimated full build fell by 9 % (docs/microscope.md). A GPU wants more (``--batch-size``).
+    # (deep layers at 128 px; the working set of 32 images falls out of the cache; docs/microscope.md). A GPU wants
+    # more (``--batch-size``).
     batch_size: int = 16
     diversity: float = 1.0
     # Three images beside the channel image: with the channel image they show four solutions for the unit,
