@@ -42,7 +42,7 @@ def microscope():
 @click.option("--size", type=click.IntRange(16, 4096), default=None, help="image side in px (96 quick, 128 full)")
 @click.option("--quick/--full", "quick", default=None,
               help="preset (default: --quick without --data, --full with it)")
-@click.option("--batch-size", type=click.IntRange(1, 4096), default=None, help="units per render batch (8 quick, 32 full)")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=None, help="units per render batch (8 quick, 16 full)")
 @click.option("--examples", "k", type=click.IntRange(1, 1000), default=None,
               help="dataset examples per list (6 quick, 10 full)")
 @click.option("--classes", default=None, help="classes for the model page, e.g. 309,1,130 (default: a showcase set)")

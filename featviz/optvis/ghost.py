@@ -8,12 +8,10 @@ this is what made an independent MobileNetV2 name more held-out classes (docs/op
 """
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 
 import torch
 
-from ..errors import FeatvizError
 from ..models.organism import ModelOrganism
 from .objectives import Objective
 
@@ -23,25 +21,19 @@ def ghost_layers(model: ModelOrganism, objective: Objective) -> list[str]:
     (its output is nearly the image: dropout there is pixel noise) and the last (dropout on the objective's direct
     input is a noisy objective rather than another network)."""
     main = model.main_layer_names or model.default_layers(8)
-    output = model.layer(main[-1]).order  # the model's output ("logits") is what its last main layer computes
-    limit = min([model.layer(name).order for name in objective.layers if _known(model, name)] + [output])
+    # The model's output ("logits", ordered after every layer) is what its last main layer computes.
+    output = model.layer(main[-1]).order
+    limit = min([model.layer(name).order for name in objective.layers] + [output])
     before = [name for name in main if model.layer(name).order < limit]
     return before[1:-1]
 
 
-def _known(model: ModelOrganism, name: str) -> bool:
-    try:
-        model.layer(name)
-    except FeatvizError:
-        return False
-    return True
-
-
 @contextmanager
-def ghost(model: ModelOrganism, objective: Objective, fraction: float, generator: torch.Generator):
-    """Within the block, the outputs of ``ghost_layers`` lose ``fraction`` of their elements at random (the rest
-    scaled by 1 / (1 - fraction), as dropout does), drawn from ``generator`` so a seed repeats the render."""
-    if not fraction:
+def ghost(model: ModelOrganism, layers: list[str], fraction: float, generator: torch.Generator):
+    """Within the block, the outputs of ``layers`` (``ghost_layers``, found once per render) lose ``fraction`` of
+    their elements at random (the rest scaled by 1 / (1 - fraction), as dropout does), drawn from ``generator``
+    so a seed repeats the render. Outside it the network is itself again (plateau scores, final values)."""
+    if not fraction or not layers:
         yield
         return
     keep = 1.0 - fraction
@@ -52,7 +44,7 @@ def ghost(model: ModelOrganism, objective: Objective, fraction: float, generator
         mask = torch.rand(output.shape, generator=generator, device=output.device) < keep
         return output * mask / keep
 
-    handles = [model.module(name).register_forward_hook(drop) for name in ghost_layers(model, objective)]
+    handles = [model.module(name).register_forward_hook(drop) for name in layers]
     try:
         yield
     finally:

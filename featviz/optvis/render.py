@@ -26,7 +26,7 @@ from .axes import OPTIMIZERS  # noqa: F401  (where callers found the table befor
 from .axes import (build_optimizer, build_param, build_schedule, build_transforms, check_axis, check_built_param,
                    describe, is_built_param)
 from .dead_units import DeadStartRedirect
-from .ghost import ghost
+from .ghost import ghost, ghost_layers
 from .objectives import Objective, as_objective, batched_channels
 from .transforms import CLASS_CROPS, VIEW_ROBUST, TransformSpec
 
@@ -230,6 +230,7 @@ class _Optimization:
         self.optimizer = build_optimizer(recipe.optimizer, list(image_param.parameters()), recipe.lr)
         self.schedule = build_schedule(recipe.lr_schedule, self.optimizer, recipe.steps)
         self.params = [tensor for group in self.optimizer.param_groups for tensor in group["params"]]
+        self.ghost_layers = ghost_layers(model, objective) if recipe.ghost else []
 
     def forward_backward(self):
         """Make the images, take robust views, backpropagate the objective."""
@@ -241,7 +242,7 @@ class _Optimization:
         if views.shape[0] % self.batch:
             raise FeatvizError(f"the transforms made {views.shape[0]} rows from {self.batch} images: "
                                "they must return whole views (a multiple of the batch)")
-        with ghost(self.model, self.objective, self.recipe.ghost, self.generator):
+        with ghost(self.model, self.ghost_layers, self.recipe.ghost, self.generator):
             return images, _objective_backward(self.model, self.objective, views, self.batch, self.max_rows)
 
     def run(self, result: RenderResult, snapshot_steps: set[int], bar, callback) -> RenderResult:
