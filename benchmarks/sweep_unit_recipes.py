@@ -14,7 +14,8 @@ and the keys override it:
   F x lr), ema=D (the saved image is an exponential moving average, decay D, of the Fourier coefficients over the
   second half of the steps), gain=G (the Fourier image x G before the sigmoid: a steeper squash), c2f=F (coarse
   to fine: frequencies above a cut-off are masked, the cut-off rising linearly from F cycles per pixel to all of
-  them over the first half of the steps).
+  them over the first half of the steps); oracle=1: optimize on the measure's own views (a ceiling, not a recipe);
+  cycle=S1-S2-... (the whole image at these scales in turn, with views=K and shift=PX: random whole-pixel shifts).
 Each variant renders the units in one batch at 128 px (seed 0, or each of ``--seeds``) and prints the view-robust ratio
 (featviz.optvis.quality, 8 views) and the native one, each ÷ the unit's best over the 1000 photos; ``work`` =
 sum over steps of rows x pixels fed to the network ÷ sharp's at 512 steps, and ``x sharp`` = seconds ÷ sharp's
@@ -118,6 +119,41 @@ class ScheduledFourier(FourierParam):
         return image * self.gain
 
 
+class MeasureViews(torch.nn.Module):
+    """A ceiling, never a recipe: the robust measure's own views, one of its scales per step in turn, with both of
+    its shifts. An image optimized on these has seen what it is judged by, so it shows how far any transform set
+    could get in the same steps, not a fair result."""
+
+    def __init__(self):
+        super().__init__()
+        self.step = 0
+
+    def forward(self, x, generator=None):
+        from featviz.optvis.quality import VIEW_SCALES, VIEW_SHIFTS, resize, shift
+
+        seen = resize(x, VIEW_SCALES[self.step % len(VIEW_SCALES)])
+        self.step += 1
+        return torch.cat([shift(seen, dx, dy) for dx, dy in VIEW_SHIFTS])
+
+
+class CycledViews(torch.nn.Module):
+    """Stratified magnifications: the whole image at ``scales`` in turn, one per step, each view shifted by a
+    random whole number of pixels in [0, ``shift``] (a fair relative of ``MeasureViews``: other scales, random
+    shifts)."""
+
+    def __init__(self, scales, views, shift):
+        super().__init__()
+        self.scales, self.views, self.shift, self.step = scales, views, shift, 0
+
+    def forward(self, x, generator=None):
+        from featviz.optvis.quality import resize, shift
+
+        seen = resize(x, self.scales[self.step % len(self.scales)])
+        self.step += 1
+        offsets = torch.randint(0, self.shift + 1, (self.views, 2), generator=generator, device=x.device).tolist()
+        return torch.cat([shift(seen, dx, dy) for dx, dy in offsets])
+
+
 def parse_variant(text: str):
     name, _, rest = text.partition(":")
     base = RECIPES[name] if name in RECIPES else RECIPES["robust"]
@@ -141,6 +177,14 @@ def parse_variant(text: str):
         opts.pop("c2f", None)
         recipe = replace(recipe, param=lambda batch, size, **kwargs: ScheduledFourier(
             batch, size, decay=recipe.decay, **knobs, **kwargs))
+    if opts.pop("oracle", "0") == "1":
+        return recipe, "oracle"
+    if "cycle" in opts:
+        scales = tuple(float(v) for v in opts.pop("cycle").split("-"))
+        cycled = CycledViews(scales, int(opts.pop("views", 1)), int(opts.pop("shift", 4)))
+        if opts:
+            raise SystemExit(f"unknown keys {sorted(opts)} in {text}")
+        return recipe, cycled
     zoom_keys = {"zoom", "view", "views", "shift", "perrow", "logzoom", "aa"}
     transform = None
     if zoom_keys & set(opts):
@@ -158,8 +202,14 @@ def parse_variant(text: str):
 def run_variant(model, units, best, recipe, transform, size=128, seed=0):
     from featviz.optvis.axes import build_transforms
 
-    inner = ZoomViews(size=size, **transform) if transform else build_transforms(recipe.transforms, size,
-                                                                                    model.device)[0]
+    if transform == "oracle":
+        inner = MeasureViews()
+    elif isinstance(transform, CycledViews):
+        inner = transform
+    elif transform:
+        inner = ZoomViews(size=size, **transform)
+    else:
+        inner = build_transforms(recipe.transforms, size, model.device)[0]
     counted = B.PixelCounter(inner)
     made = {}
     if callable(recipe.param) and not isinstance(recipe.param, str):
