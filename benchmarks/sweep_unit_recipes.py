@@ -10,6 +10,7 @@ and the keys override it:
   and step), shift=PX (sub-pixel shift at 128 px), perrow=0|1 (one magnification per image rather than per step),
   logzoom=0|1 (magnification drawn log-uniformly); view=0: the whole image magnified (one magnification per step),
   aa=1 (antialias the views seen at a magnification below 1, as the measure's shrunken views are);
+  native=P (with probability P a step sees the whole image at its own size, shifted at sub-pixel offsets);
   ghost=F (Recipe.ghost: dropout on the inner layers), b1, b2 (Adam's betas), floor=F (the cosine schedule ends at
   F x lr), ema=D (the saved image is an exponential moving average, decay D, of the Fourier coefficients over the
   second half of the steps), gain=G (the Fourier image x G before the sigmoid: a steeper squash), c2f=F (coarse
@@ -49,14 +50,25 @@ def uniform(n: int, lo: float, hi: float, generator, device) -> torch.Tensor:
 class ZoomViews(torch.nn.Module):
     """``views`` windows per image of ``view`` of the canvas side, each at its own magnification."""
 
-    def __init__(self, zoom, view, views, shift, perrow, logzoom, size, antialias=False):
+    def __init__(self, zoom, view, views, shift, perrow, logzoom, size, antialias=False, native=0.0):
         super().__init__()
         self.zoom, self.view, self.views, self.shift = zoom, view, views, shift
         self.perrow, self.logzoom, self.size, self.antialias = perrow, logzoom, size, antialias
+        self.native = native
 
     def forward(self, x, generator):
         n, c, h, w = x.shape
         rows, dev = n * self.views, x.device
+        if self.native and float(uniform(1, 0, 1, generator, x.device)) < self.native:
+            # This step the whole image at its own size (how it is shown at 100 %), shifted by up to ``shift`` px
+            # at sub-pixel offsets.
+            jitter = 2 * self.shift / 128
+            tx, ty = (uniform(rows, -jitter, jitter, generator, dev) for _ in range(2))
+            one, zero = torch.ones(rows, device=dev), torch.zeros(rows, device=dev)
+            theta = torch.stack([torch.stack([one, zero, tx], 1), torch.stack([zero, one, ty], 1)], 1)
+            src = x.repeat(self.views, 1, 1, 1) if self.views > 1 else x
+            grid = F.affine_grid(theta, (rows, c, h, w), align_corners=False)
+            return F.grid_sample(src, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
         lo, hi = self.zoom
         count = rows if self.perrow else self.views
         if self.logzoom:
@@ -185,13 +197,13 @@ def parse_variant(text: str):
         if opts:
             raise SystemExit(f"unknown keys {sorted(opts)} in {text}")
         return recipe, cycled
-    zoom_keys = {"zoom", "view", "views", "shift", "perrow", "logzoom", "aa"}
+    zoom_keys = {"zoom", "view", "views", "shift", "perrow", "logzoom", "aa", "native"}
     transform = None
     if zoom_keys & set(opts):
         lo, hi = (float(v) for v in opts.pop("zoom", "0.75-1.75").split("-"))
         transform = dict(zoom=(lo, hi), view=float(opts.pop("view", 0.75)), views=int(opts.pop("views", 1)),
                          shift=float(opts.pop("shift", 4)), perrow=bool(int(opts.pop("perrow", 1))),
-                         logzoom=bool(int(opts.pop("logzoom", 0))), antialias=bool(int(opts.pop("aa", 0))))
+                         logzoom=bool(int(opts.pop("logzoom", 0))), antialias=bool(int(opts.pop("aa", 0))), native=float(opts.pop("native", 0)))
         if transform["antialias"] and (transform["perrow"] or transform["views"] > 1):
             raise SystemExit(f"aa=1 needs one magnification per step: add perrow=0 and views=1 to {text}")
     if opts:

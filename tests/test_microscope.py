@@ -523,20 +523,39 @@ def test_a_batch_stopped_at_its_plateau_continues_the_images_still_rising():
     s = preset("full")
     assert s.plateau == 0.01 and s.plateau_share == 0.9 and s.steps == 256
     params = kind_params("channel", s)
+    assert params["steps"] == s.channel_steps == 192  # the channel image runs its own steps
     recipe = {"lr": 0.15, "lr_schedule": "cosine"}
     more = continuation({"stopped_at_plateau": 128, "still_rising": [3, 7], "recipe": recipe}, params)
-    # the steps left, from where the cosine schedule had got to (half way: 0.55 of lr), at the same plateau
-    # until all of the carried images level off
-    assert more["steps"] == 128 and more["size"] == s.size
+    # the steps left, from where the cosine schedule had got to, at the same plateau until all of the carried
+    # images level off
+    assert more["steps"] == 64 and more["size"] == s.size
     assert more["plateau"] == 0.01 and more["plateau_share"] == 1.0
-    assert math.isclose(more["lr"], 0.015 + 0.135 * (1 + math.cos(math.pi * 128 / 255)) / 2)
+    assert math.isclose(more["lr"], 0.015 + 0.135 * (1 + math.cos(math.pi * 128 / 191)) / 2)
     assert continuation({"stopped_at_plateau": 128, "still_rising": [], "recipe": recipe}, params) is None
     assert continuation({"recipe": recipe}, params) is None  # ran to the end
     constant = continuation({"stopped_at_plateau": 64, "still_rising": [0], "recipe": {"lr": 0.05,
                                                                                     "lr_schedule": "constant"}}, params)
-    assert constant["lr"] == 0.05 and constant["steps"] == 192
+    assert constant["lr"] == 0.05 and constant["steps"] == 128
     # a negative runs its own (fewer) steps, and is carried on only to the end of those
     negative = kind_params("negative", s)
     assert negative["steps"] == s.negative_steps == 128 and kind_params("negative", preset("quick"))["steps"] == 64
     assert continuation({"stopped_at_plateau": 96, "still_rising": [1], "recipe": recipe}, negative)["steps"] == 32
     assert continuation({"stopped_at_plateau": 128, "still_rising": [1], "recipe": recipe}, negative) is None
+
+
+def test_the_full_preset_keeps_windows_only_views_for_its_slower_panels():
+    from featviz.microscope.settings import caricature_params, diversity_params, kind_params
+
+    full, quick = preset("full"), preset("quick")
+    # The channel image uses the unit recipe as it is; negatives, diversity and caricatures see windows only.
+    assert kind_params("channel", full)["recipe"] == "auto" and kind_params("neuron", full)["recipe"] == "auto"
+    assert kind_params("negative", full)["recipe"] == "robust-windows"
+    assert diversity_params(full)["recipe"] == caricature_params(full)["recipe"] == "robust-windows"
+    # The quick preset has none, and a recipe the user names is used as named.
+    assert kind_params("negative", quick)["recipe"] == "auto" and kind_params("channel", quick)["steps"] == 64
+    named = preset("full", recipe="lucid")
+    assert kind_params("negative", named)["recipe"] == diversity_params(named)["recipe"] == "lucid"
+    with pytest.raises(FeatvizError, match="window panels"):
+        preset("full", window_panels=("neuron",))
+    with pytest.raises(FeatvizError, match="channel steps must be between"):
+        preset("full", channel_steps=0)

@@ -61,6 +61,23 @@ def test_random_zoom_sizes_seeds_and_gradients():
         RandomZoom((2.0, 1.0))
 
 
+def test_random_zoom_native_steps_see_the_whole_image_at_its_own_size():
+    x = torch.rand(2, 3, 32, 32)
+    windows = RandomZoom((0.75, 1.75), translate=4 / 128, out_size=32, max_view=0.75)
+    mixed = RandomZoom((0.75, 1.75), translate=4 / 128, out_size=32, max_view=0.75, native=0.5)
+    always = RandomZoom((0.75, 1.75), out_size=32, max_view=0.75, native=1.0)
+    window_sizes = {windows(x, torch.Generator().manual_seed(seed)).shape[-1] for seed in range(20)}
+    mixed_sizes = [mixed(x, torch.Generator().manual_seed(seed)).shape[-1] for seed in range(40)]
+    assert window_sizes == {24}  # 3/4 of the side, never the whole image
+    assert 24 in mixed_sizes and 32 in mixed_sizes and set(mixed_sizes) == {24, 32}
+    # Without a shift, a native step is the image itself.
+    assert torch.allclose(always(x, torch.Generator().manual_seed(1)), x, atol=1e-5)
+    spec = TransformSpec("z", zoom=(0.75, 1.75), max_view=0.75, native=1.0)
+    assert spec.build(32)(x, torch.Generator().manual_seed(0)).shape[-1] == 32
+    with pytest.raises(FeatvizError, match="native"):
+        RandomZoom((0.75, 1.75), native=1.5)
+
+
 def test_colourfulness_orders_grey_pastel_and_vivid():
     from featviz.optvis.quality import colourfulness
 

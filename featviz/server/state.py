@@ -159,9 +159,12 @@ class SiteState:
                                          "plateau", "plateau_share", "diversity_plateau", "caricature_steps",
                                          "negative_steps")
                 if k in recorded}
+        if "window_panels" in recorded:  # a list in the site's JSON
+            kept["window_panels"] = tuple(recorded["window_panels"])
         # The diversity images keep the build's own size only when the request is at the build's size.
         kept["diversity_size"] = recorded.get("diversity_size") if size == recorded.get("size") else None
-        return replace(base, **kept, steps=steps, size=size, seed=seed)
+        # A channel image asked for runs the steps asked for (the full preset's own channel steps are for builds).
+        return replace(base, **kept, steps=steps, size=size, seed=seed, channel_steps=None)
 
     def run_job(self, job: Job) -> None:
         """Render ``job`` (in a worker thread), checking its time limit and cancellation at every step."""
