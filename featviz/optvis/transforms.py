@@ -17,7 +17,7 @@ row ``k * N + n`` is view ``k`` of image ``n``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import replace, dataclass
 from typing import Sequence
 
 import torch
@@ -267,7 +267,7 @@ VIEW_ROBUST = TransformSpec("zoom", zoom=(0.75, 1.75), translate=4 / 128, max_vi
 # The same views without the whole-image steps (the unit recipe until stop 21): each step costs 0.56 of a whole
 # 128 px view, which the microscope's full build, timed to its budget, keeps for its negative, diversity and
 # caricature images.
-VIEW_WINDOWS = TransformSpec("zoom-windows", zoom=(0.75, 1.75), translate=4 / 128, max_view=0.75)
+VIEW_WINDOWS = replace(VIEW_ROBUST, name="zoom-windows", native=0.0)
 NONE = TransformSpec("none")
 
 PRESETS = {t.name: t for t in (LUCID, MULTI_CROP, CLASS_CROPS, VIEW_ROBUST, VIEW_WINDOWS, NONE)}
