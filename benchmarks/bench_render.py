@@ -9,6 +9,10 @@ Sections:
   truncation  step time of an early-layer objective / full-network (logit) objective
   batch       per-unit time at batch 16 / batch 1
   memory      peak RSS of a 128 px batch-1 channel render (fresh subprocess)
+  speedups    (only when asked: --only speedups) seconds of a real unit render (the 12 benchmark units, one
+              batch, 128 px) with glibc's default allocator and convolutions that pad through a copy (as before
+              stop 22), with the padding in the convolution, and with featviz's allocator tuning as well; fresh
+              processes in alternation, ratios to the first
   channels    12 channels over blocks.2/8/14 at 128 px: activation / best over the photos, view-robust
               (8 views: 4 scales x 2 shifts) and as rendered, beside Lucent's images of the same units;
               --units held-out: 12 other channels of blocks.2/5/8/11/14 and head (no Lucent images);
@@ -160,6 +164,58 @@ def section_memory(model):
     peak_gb = int(out.stdout.strip().splitlines()[-1]) / 1024**2
     print("\n## Memory: peak RSS of a 128 px batch-1 channel render (fresh process); target <= 0.9 GB")
     print(f"  peak RSS {peak_gb:.3f} GB")
+
+
+# Run in a fresh process: glibc's allocator is tuned once per process, before the first model loads.
+SPEEDUP_RUN = """
+import math, sys, time
+import torch, torch.nn.functional as F
+sys.path.insert(0, {bench!r})
+import bench_render as B
+from featviz.models import efficientnet_lite
+
+def pad_by_copy(self, x):  # SamePadConv2d.forward before stop 22: every padded convolution copied its input
+    ih, iw = x.shape[-2:]
+    (kh, kw), (sh, sw) = self.kernel_size, self.stride
+    pad_h = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
+    pad_w = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
+    if pad_h or pad_w:
+        x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+    return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+if {copy_padding!r}:
+    efficientnet_lite.SamePadConv2d.forward = pad_by_copy
+model = B.featviz.load("efficientnet_lite0")
+units = B.benchmark_units(model)
+B.featviz.render_units(model, units, batch_size=len(units), recipe="robust", size=128, steps=4)  # warm-up
+start = time.perf_counter()
+B.featviz.render_units(model, units, batch_size=len(units), recipe="robust", size=128, steps={steps})
+print(time.perf_counter() - start)
+"""
+
+
+def section_speedups(repeats: int, steps: int = 64):
+    """Real renders in fresh processes: before stop 22, with the padding fix, with the allocator tuning too."""
+    configs = {"copy padding, system allocator (before)": (True, "system"),
+               "padding in the convolution": (False, "system"),
+               "+ allocator tuned (featviz now)": (False, "")}
+    seconds = {name: [] for name in configs}
+    for _ in range(repeats):
+        for name, (copy_padding, malloc) in configs.items():
+            code = SPEEDUP_RUN.format(bench=str(Path(__file__).resolve().parent), copy_padding=copy_padding,
+                                      steps=steps)
+            env = dict(os.environ, FEATVIZ_MALLOC=malloc)
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
+                                 env=env)
+            seconds[name].append(float(out.stdout.strip().splitlines()[-1]))
+    first = statistics.median(next(iter(seconds.values())))
+    print(f"\n## Speed-ups: a robust render of the 12 benchmark units ({steps} steps, one batch, 128 px), fresh "
+          f"processes in turn, {repeats} each; median seconds and ratio to the first")
+    units, full = 4 * len(CHANNEL_LAYERS), RECIPES["robust"].steps  # benchmark_units: 4 channels a layer
+    for name, values in seconds.items():
+        med = statistics.median(values)
+        print(f"  {name:42s} {med:6.2f} s  x{med / first:5.3f}  ({med / units * full / steps:.2f} s/unit at "
+              f"robust's {full} steps)")
 
 
 def photo_files():
@@ -554,6 +610,8 @@ def main():
         section_batch(model, recipes, args.repeats)
     if "memory" in sections:
         section_memory(model)
+    if "speedups" in sections:  # not in the default list: fresh processes, minutes
+        section_speedups(args.repeats)
     if "channels" in sections:
         for unit_set in args.units.split(";"):
             section_channels(model, recipes, args.channel_batch, out_dir, args.reference_steps, unit_set)

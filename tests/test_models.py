@@ -1,3 +1,6 @@
+import os
+import platform
+
 import numpy as np
 import pytest
 import torch
@@ -91,3 +94,33 @@ def test_lite0_classifies_real_photos(lite0, photos):
     layers = [l.name for l in lite0.layers()]
     assert layers[:3] == ["stem", "blocks.0", "blocks.1"] and layers[-1] == "classifier"
     assert lite0.layer("blocks.8").channels == 112 and lite0.layer("blocks.8").height == 14
+
+
+@pytest.mark.parametrize("kernel,stride", [(3, 1), (5, 1), (3, 2), (5, 2), (1, 1)])
+@pytest.mark.parametrize("side", [31, 32, 65])
+def test_same_padding_matches_tensorflow_same(kernel, stride, side):
+    # The convolution pads by itself when SAME padding is symmetric; it must equal padding the input explicitly
+    # (TensorFlow's SAME: the odd pixel goes to the bottom and right) for every size and stride.
+    from featviz.models.efficientnet_lite import SamePadConv2d
+
+    conv = SamePadConv2d(4, 6, kernel, stride=stride)
+    x = torch.randn(2, 4, side, side + 3, generator=torch.Generator().manual_seed(side))
+    pads = [max((-(-n // stride) - 1) * stride + kernel - n, 0) for n in (side, side + 3)]
+    padded = torch.nn.functional.pad(x, [pads[1] // 2, pads[1] - pads[1] // 2, pads[0] // 2, pads[0] - pads[0] // 2])
+    expected = torch.nn.functional.conv2d(padded, conv.weight, conv.bias, stride)
+    out = conv(x)
+    assert out.shape[-2:] == (-(-side // stride), -(-(side + 3) // stride))
+    torch.testing.assert_close(out, expected)
+
+
+def test_allocator_tuning_is_on_by_default_and_can_be_refused():
+    import subprocess
+    import sys
+
+    code = "import featviz.devices as d; print(d.tune_cpu_allocator())"
+    by_default = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    refused = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "FEATVIZ_MALLOC": "system"})
+    assert refused.stdout.strip() == "False"
+    if platform.libc_ver()[0] == "glibc":
+        assert by_default.stdout.strip() == "True"
