@@ -194,7 +194,7 @@ print(time.perf_counter() - start)
 """
 
 
-def section_speedups(repeats: int, steps: int = 64):
+def section_speedups(repeats: int, steps: int):
     """Real renders in fresh processes: before stop 22, with the padding fix, with the allocator tuning too."""
     configs = {"copy padding, system allocator (before)": (True, "system"),
                "padding in the convolution": (False, "system"),
@@ -589,6 +589,8 @@ def main():
                         help="classes: the recipe whose time per class the others are divided by")
     parser.add_argument("--out", default=str(CACHE))
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default cpu)")
+    parser.add_argument("--speedup-steps", type=int, default=RECIPES["robust"].steps,
+                        help="steps of each render in the speedups section (default: robust's own)")
     parser.add_argument("--throughput-batches", default="1,16,64")
     parser.add_argument("--throughput-sizes", default="128,224")
     args = parser.parse_args()
@@ -611,7 +613,7 @@ def main():
     if "memory" in sections:
         section_memory(model)
     if "speedups" in sections:  # not in the default list: fresh processes, minutes
-        section_speedups(args.repeats)
+        section_speedups(args.repeats, args.speedup_steps)
     if "channels" in sections:
         for unit_set in args.units.split(";"):
             section_channels(model, recipes, args.channel_batch, out_dir, args.reference_steps, unit_set)

@@ -5,7 +5,7 @@
 
 A variant is ``NAME[:key=value,...]``: NAME is a recipe in RECIPES (or any label, starting from ``robust``),
 and the keys override it:
-  steps, lr, decay (Fourier), param (fourier|maco), opt (adam|nadam), sched (cosine|constant),
+  steps, lr, decay (Fourier), chroma (Recipe.chroma), param (fourier|maco), opt (adam|nadam), sched (cosine|constant),
   zoom=LO-HI (magnification range), view=F (view side as a fraction of the canvas), views=K (views per image
   and step), shift=PX (sub-pixel shift at 128 px), perrow=0|1 (one magnification per image rather than per step),
   logzoom=0|1 (magnification drawn log-uniformly); view=0: the whole image magnified (one magnification per step),
@@ -15,7 +15,7 @@ and the keys override it:
   F x lr), ema=D (the saved image is an exponential moving average, decay D, of the Fourier coefficients over the
   second half of the steps), gain=G (the Fourier image x G before the sigmoid: a steeper squash), c2f=F (coarse
   to fine: frequencies above a cut-off are masked, the cut-off rising linearly from F cycles per pixel to all of
-  them over the first half of the steps); oracle=1: optimize on the measure's own views (a ceiling, not a recipe);
+  them over the first half of the steps), cut=F (no frequency above F cycles per pixel, ever), chroma=C; oracle=1: optimize on the measure's own views (a ceiling, not a recipe);
   cycle=S1-S2-... (the whole image at these scales in turn, with views=K and shift=PX: random whole-pixel shifts).
 Each variant renders the units in one batch at 128 px (seed 0, or each of ``--seeds``) and prints the view-robust ratio
 (featviz.optvis.quality, 8 views) and the native one, each ÷ the unit's best over the 1000 photos; ``work`` =
@@ -41,6 +41,7 @@ import bench_render as B  # noqa: E402
 import featviz  # noqa: E402
 from featviz.optvis.param import FourierParam, _frequencies  # noqa: E402
 from featviz.optvis.render import RECIPES  # noqa: E402
+from featviz.optvis.transforms import RandomZoom  # noqa: E402
 
 
 def uniform(n: int, lo: float, hi: float, generator, device) -> torch.Tensor:
@@ -61,14 +62,9 @@ class ZoomViews(torch.nn.Module):
         rows, dev = n * self.views, x.device
         if self.native and float(uniform(1, 0, 1, generator, x.device)) < self.native:
             # This step the whole image at its own size (how it is shown at 100 %), shifted by up to ``shift`` px
-            # at sub-pixel offsets.
-            jitter = 2 * self.shift / 128
-            tx, ty = (uniform(rows, -jitter, jitter, generator, dev) for _ in range(2))
-            one, zero = torch.ones(rows, device=dev), torch.zeros(rows, device=dev)
-            theta = torch.stack([torch.stack([one, zero, tx], 1), torch.stack([zero, one, ty], 1)], 1)
+            # at sub-pixel offsets: the library's whole-image view.
             src = x.repeat(self.views, 1, 1, 1) if self.views > 1 else x
-            grid = F.affine_grid(theta, (rows, c, h, w), align_corners=False)
-            return F.grid_sample(src, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+            return RandomZoom(translate=self.shift / 128, native=1.0)(src, generator)
         lo, hi = self.zoom
         count = rows if self.perrow else self.views
         if self.logzoom:
@@ -102,9 +98,9 @@ class ScheduledFourier(FourierParam):
     """The Fourier parameterization with the sweep's experimental knobs (``ema``, ``gain``, ``c2f``); ``tick`` is
     called after every optimizer step with the step number."""
 
-    def __init__(self, batch, size, *, steps, ema=0.0, gain=1.0, c2f=None, **kwargs):
+    def __init__(self, batch, size, *, steps, ema=0.0, gain=1.0, c2f=None, cut=None, **kwargs):
         super().__init__(batch, size, **kwargs)
-        self.steps, self.ema, self.gain, self.c2f = steps, ema, gain, c2f
+        self.steps, self.ema, self.gain, self.c2f, self.cut = steps, ema, gain, c2f, cut
         self.step, self.average = 0, None
         self.register_buffer("radial", _frequencies(*self.size, self.spectrum.device), persistent=False)
 
@@ -126,6 +122,8 @@ class ScheduledFourier(FourierParam):
             progress = min(1.0, self.step / max(1, self.steps // 2))
             cutoff = self.c2f + (0.75 - self.c2f) * progress  # 0.71 cycles/px is the corner of the spectrum
             synthesis = synthesis * torch.sigmoid((cutoff - self.radial) / 0.01)
+        if self.cut is not None:  # no frequency above ``cut`` cycles per pixel, at any step
+            synthesis = synthesis * torch.sigmoid((self.cut - self.radial) / 0.01)
         image = torch.fft.irfft2(torch.view_as_complex(spectrum.contiguous()) * synthesis, s=self.size,
                                  norm="forward")
         return image * self.gain
@@ -173,7 +171,7 @@ def parse_variant(text: str):
     recipe = replace(base, name=text)
     for key, field, kind in [("steps", "steps", int), ("lr", "lr", float), ("decay", "decay", float),
                              ("param", "param", str), ("opt", "optimizer", str), ("sched", "lr_schedule", str),
-                             ("ghost", "ghost", float)]:
+                             ("ghost", "ghost", float), ("chroma", "chroma", float)]:
         if key in opts:
             recipe = replace(recipe, **{field: kind(opts.pop(key))})
     if {"b1", "b2"} & set(opts):
@@ -183,10 +181,10 @@ def parse_variant(text: str):
         floor = float(opts.pop("floor"))
         recipe = replace(recipe, lr_schedule=lambda optimizer, steps: torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=max(steps - 1, 1), eta_min=floor * optimizer.param_groups[0]["lr"]))
-    if {"ema", "gain", "c2f"} & set(opts):
+    if {"ema", "gain", "c2f", "cut"} & set(opts):
         knobs = dict(steps=recipe.steps, ema=float(opts.pop("ema", 0)), gain=float(opts.pop("gain", 1)),
-                     c2f=float(opts["c2f"]) if "c2f" in opts else None)
-        opts.pop("c2f", None)
+                     c2f=float(opts.pop("c2f")) if "c2f" in opts else None,
+                     cut=float(opts.pop("cut")) if "cut" in opts else None)
         recipe = replace(recipe, param=lambda batch, size, **kwargs: ScheduledFourier(
             batch, size, decay=recipe.decay, **knobs, **kwargs))
     if opts.pop("oracle", "0") == "1":

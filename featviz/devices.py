@@ -62,3 +62,15 @@ def tune_cpu_allocator() -> bool:
     except (OSError, AttributeError):
         pass
     return _allocator_tuned
+
+
+def release_freed_memory() -> bool:
+    """Hand the memory this process has freed but kept (``tune_cpu_allocator``) back to the system, so that the
+    system's figure of available memory counts it again. Returns whether anything could be asked of glibc."""
+    if not _allocator_tuned:
+        return False
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return True

@@ -13,6 +13,7 @@ import weakref
 
 import torch
 
+from ..devices import release_freed_memory
 from ..errors import FeatvizError
 from ..models.organism import ModelOrganism
 
@@ -117,6 +118,8 @@ def _cgroup_available() -> int | None:
 def check_fits(needed: int, device: torch.device, what: str) -> None:
     """Refuse (one line, with the figures) what cannot fit in the memory available on ``device``."""
     available = available_bytes(device)
+    if available is not None and needed > available and device.type == "cpu" and release_freed_memory():
+        available = available_bytes(device)  # memory this process had freed but kept counts as available again
     if available is not None and needed > available:
         raise FeatvizError(f"{what} needs about {_gib(needed)} of memory but {_gib(available)} is available "
                            f"on {device}; use a smaller batch or size")
