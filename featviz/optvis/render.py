@@ -119,7 +119,8 @@ RECIPES = {
     # The default for units: holds its activation when the image is seen at another scale or shift
     # (featviz.optvis.quality; benchmarks/bench_render.py, see README). Random zoom 0.75-1.75x with sub-pixel
     # shifts, views of at most 3/4 of the side, half the steps the whole image at 1x (``native``: more activation at
-    # every scale), Adam at lr 0.15 (shorter runs, as the microscope's, need it; lr 0.12 did no better at 640 steps).
+    # every scale), Adam at lr 0.15 (the rate the microscope's 192-step channel renders were measured at; lr 0.12
+    # did no better at 640 steps on the benchmark units).
     # 640 steps since stop 22, when the network's passes became about a third faster (padding inside the
     # convolution, glibc's allocator tuned): view-robust median 5.23 against 4.92 at 384 steps, in about the time
     # 384 steps took before; more steps gained little (768: 5.24 at lr 0.15, 5.32 at lr 0.12).
