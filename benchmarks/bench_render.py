@@ -204,7 +204,7 @@ def section_speedups(repeats: int, steps: int):
                "padding in the convolution": (False, "system", False),
                "+ allocator tuned (featviz now)": (False, "", False),
                # glibc raises its own threshold once it has freed large blocks: a process that ran a big pass
-               # first (a microscope build's examples pass) is most of the way there without the tuning.
+               # first (a microscope build's examples pass) is part of the way there without the tuning.
                "padding, system allocator, after a pass": (False, "system", True),
                "featviz now, after a pass": (False, "", True)}
     seconds = {name: [] for name in configs}
