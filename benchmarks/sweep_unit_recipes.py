@@ -5,7 +5,8 @@
 
 A variant is ``NAME[:key=value,...]``: NAME is a recipe in RECIPES (or any label, starting from ``robust``),
 and the keys override it:
-  steps, lr, decay (Fourier), chroma (Recipe.chroma), param (fourier|maco), opt (adam|nadam), sched (cosine|constant),
+  steps, lr, decay (Fourier), chroma (Recipe.chroma), param (fourier|maco), opt (adam|nadam),
+  sched (cosine|constant),
   zoom=LO-HI (magnification range), view=F (view side as a fraction of the canvas), views=K (views per image
   and step), shift=PX (sub-pixel shift at 128 px), perrow=0|1 (one magnification per image rather than per step),
   logzoom=0|1 (magnification drawn log-uniformly); view=0: the whole image magnified (one magnification per step),
@@ -15,7 +16,8 @@ and the keys override it:
   F x lr), ema=D (the saved image is an exponential moving average, decay D, of the Fourier coefficients over the
   second half of the steps), gain=G (the Fourier image x G before the sigmoid: a steeper squash), c2f=F (coarse
   to fine: frequencies above a cut-off are masked, the cut-off rising linearly from F cycles per pixel to all of
-  them over the first half of the steps), cut=F (no frequency above F cycles per pixel, ever), chroma=C; oracle=1: optimize on the measure's own views (a ceiling, not a recipe);
+  them over the first half of the steps), cut=F (no frequency above F cycles per pixel, ever);
+  oracle=1: optimize on the measure's own views (a ceiling, not a recipe);
   cycle=S1-S2-... (the whole image at these scales in turn, with views=K and shift=PX: random whole-pixel shifts).
 Each variant renders the units in one batch at 128 px (seed 0, or each of ``--seeds``) and prints the view-robust ratio
 (featviz.optvis.quality, 8 views) and the native one, each ÷ the unit's best over the 1000 photos; ``work`` =
@@ -56,15 +58,15 @@ class ZoomViews(torch.nn.Module):
         self.zoom, self.view, self.views, self.shift = zoom, view, views, shift
         self.perrow, self.logzoom, self.size, self.antialias = perrow, logzoom, size, antialias
         self.native = native
+        # A native step: the whole image at its own size, shifted by up to ``shift`` px at sub-pixel offsets (the
+        # library's whole-image view).
+        self.whole = RandomZoom(translate=shift / 128, native=1.0)
 
     def forward(self, x, generator):
         n, c, h, w = x.shape
         rows, dev = n * self.views, x.device
         if self.native and float(uniform(1, 0, 1, generator, x.device)) < self.native:
-            # This step the whole image at its own size (how it is shown at 100 %), shifted by up to ``shift`` px
-            # at sub-pixel offsets: the library's whole-image view.
-            src = x.repeat(self.views, 1, 1, 1) if self.views > 1 else x
-            return RandomZoom(translate=self.shift / 128, native=1.0)(src, generator)
+            return self.whole(x.repeat(self.views, 1, 1, 1) if self.views > 1 else x, generator)
         lo, hi = self.zoom
         count = rows if self.perrow else self.views
         if self.logzoom:
@@ -201,7 +203,8 @@ def parse_variant(text: str):
         lo, hi = (float(v) for v in opts.pop("zoom", "0.75-1.75").split("-"))
         transform = dict(zoom=(lo, hi), view=float(opts.pop("view", 0.75)), views=int(opts.pop("views", 1)),
                          shift=float(opts.pop("shift", 4)), perrow=bool(int(opts.pop("perrow", 1))),
-                         logzoom=bool(int(opts.pop("logzoom", 0))), antialias=bool(int(opts.pop("aa", 0))), native=float(opts.pop("native", 0)))
+                         logzoom=bool(int(opts.pop("logzoom", 0))), antialias=bool(int(opts.pop("aa", 0))),
+                         native=float(opts.pop("native", 0)))
         if transform["antialias"] and (transform["perrow"] or transform["views"] > 1):
             raise SystemExit(f"aa=1 needs one magnification per step: add perrow=0 and views=1 to {text}")
     if opts:

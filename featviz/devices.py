@@ -44,8 +44,8 @@ def tune_cpu_allocator() -> bool:
     Why: every forward and backward pass allocates and frees the same large activation tensors. By default glibc
     maps each block of more than ~128 KB afresh and trims the heap as soon as it frees one, so every step pays for
     zero-filled pages again: a fresh process's 640-step render of 12 units at 128 px takes 0.73x the time with
-    this tuning (``benchmarks/bench_render.py --only speedups`` measures it). Blocks of up to 32 MB (the most glibc allows
-    here) now come from the heap, which keeps up to 1 GB of freed memory before trimming. Peak memory is unchanged;
+    this tuning (``benchmarks/bench_render.py --only speedups`` measures it). Blocks of up to 32 MB (the most
+    glibc allows here) now come from the heap, which keeps up to 1 GB of freed memory before trimming. Peak memory is unchanged;
     memory a job freed stays with the process for its next step. Does nothing where the C library is not glibc,
     or when the environment sets ``FEATVIZ_MALLOC=system``. Returns whether the allocator is tuned."""
     global _allocator_tuned

@@ -284,10 +284,15 @@ def kind_params(kind: str, s: BuildSettings) -> dict:
     most the build's), and a panel in ``window_panels`` its windows-only recipe."""
     params = render_params(s)
     if kind == "negative":
-        params["steps"] = min(s.negative_steps or s.steps, s.steps)
+        params["steps"] = _own_steps(s.negative_steps, s)
     if kind == "channel":
-        params["steps"] = min(s.channel_steps or s.steps, s.steps)
+        params["steps"] = _own_steps(s.channel_steps, s)
     return params | _window_recipe(kind, s)
+
+
+def _own_steps(steps: int | None, s: BuildSettings) -> int:
+    """A panel's own step count (``None``: the build's), never more than the build's ``steps``."""
+    return min(steps or s.steps, s.steps)
 
 
 def diversity_params(s: BuildSettings) -> dict:
@@ -306,7 +311,7 @@ def caricature_params(s: BuildSettings) -> dict:
     """``render_params`` of a caricature: its own steps (at most the build's), and no plateau stop, because a
     caricature keeps exaggerating (slowly) to the last step."""
     params = {k: v for k, v in render_params(s).items() if k not in ("plateau", "plateau_share")}
-    return params | {"steps": min(s.caricature_steps or s.steps, s.steps)} | _window_recipe(CARICATURE, s)
+    return params | {"steps": _own_steps(s.caricature_steps, s)} | _window_recipe(CARICATURE, s)
 
 
 def batch_seed(settings_hash: str, *parts) -> int:
